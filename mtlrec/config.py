@@ -1,0 +1,140 @@
+"""Typed, validated configuration shared by every job.
+
+A configuration is a YAML file (``cluster_configs/local.yaml`` by default) plus
+``--set key.path=value`` overrides from the command line. Every section is a
+pydantic model that forbids unknown keys, so a typo or a wrong type fails at
+start-up with the dotted path of the bad field, before any data is touched.
+
+Each library owns the section it consumes (``feature_engineering.config``,
+``mtl_model.config``, ...); ``jobs.config.PipelineConfig`` composes them. This
+module holds only what every part needs: the strict base model, the lake,
+Spark and Ray sections, and the loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "cluster_configs" / "local.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field."""
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, values are not coerced loosely."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class LakeConfig(StrictModel):
+    root: str = Field("lake", description="Lake root: a local path or an object-store URI.")
+    raw_root: str = Field("data/raw", description="Where the raw JSON Lines logs live.")
+    row_group_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="Target Parquet row-group size; Petastorm shards by row group, so keep "
+        "many more row groups than training workers.",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="delta-rs / object-store options; credentials may also come from the env.",
+    )
+
+
+class SparkConfig(StrictModel):
+    master: str = Field("local[*]", description="Used only when not launched by spark-submit.")
+    app_name: str = "mtlrec"
+    shuffle_partitions: int = Field(8, gt=0)
+    driver_memory: str = "4g"
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra spark.* settings.")
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(
+        None, description="None starts a local Ray; 'auto' or 'ray://host:port' joins a cluster."
+    )
+    num_workers: int = Field(2, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    include_dashboard: bool = False
+    dashboard_host: str = Field("127.0.0.1", description="Never bind beyond localhost by default.")
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-typed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key.path=value, got {text!r}")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return [part for part in key.strip().split(".")], value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown key")
+        else:
+            lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(
+    model: type[ModelT], path: str | Path | None = None, overrides: list[str] | None = None
+) -> ModelT:
+    """Load YAML at ``path`` (or the local default), apply overrides, validate into ``model``."""
+    source = Path(path) if path is not None else DEFAULT_CONFIG
+    if not source.is_file():
+        raise ConfigError(f"config file not found: {source}")
+    try:
+        data = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {source} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {source} must hold a mapping at the top level")
+    for text in overrides or []:
+        key_path, value = parse_override(text)
+        apply_override(data, key_path, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, str(source))) from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The two arguments every job accepts."""
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help="YAML configuration file (default: cluster_configs/local.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one field, e.g. --set spark.shuffle_partitions=16 (repeatable)",
+    )

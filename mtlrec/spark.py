@@ -1,0 +1,66 @@
+"""The Spark session factory every job uses.
+
+``local[*]`` from the config by default; under ``spark-submit`` the submitted
+master and conf win (the config only fills in what was not submitted). Local
+sessions bind to 127.0.0.1 and run without the UI unless asked, so nothing
+listens beyond localhost by default.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyspark import SparkConf
+from pyspark.sql import SparkSession
+
+from mtlrec.config import SparkConfig
+
+
+def launched_by_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands its gateway to the Python driver."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(cfg: SparkConfig) -> SparkSession:
+    submitted = launched_by_spark_submit()
+    builder = SparkSession.builder.appName(cfg.app_name)
+    defaults = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.sql.parquet.compression.codec": "snappy",
+        # INT96 timestamps are a legacy Spark-only encoding; delta-rs, DuckDB and Petastorm
+        # read microsecond timestamps.
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "true",
+    }
+    if not submitted:
+        builder = builder.master(cfg.master)
+        defaults.update(
+            {
+                "spark.driver.memory": cfg.driver_memory,
+                "spark.driver.bindAddress": "127.0.0.1",
+                "spark.driver.host": "127.0.0.1",
+            }
+        )
+    defaults.update(cfg.conf)
+    # Under spark-submit the JVM already holds the submitted conf (as system properties,
+    # which SparkConf loads): it wins over the config file.
+    submitted_conf = SparkConf() if submitted else None
+    for key, value in defaults.items():
+        if submitted_conf is None or not submitted_conf.contains(key):
+            builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def delta_jars_available(spark: SparkSession) -> bool:
+    """True when the Delta Lake JVM classes are on the classpath (format('delta') works)."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    try:
+        jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+    except Exception:
+        return False
+    return True

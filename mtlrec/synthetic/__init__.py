@@ -1,0 +1,1 @@
+"""Synthetic e-commerce logs with ground truth: the embedded default dataset."""
