@@ -8,12 +8,21 @@ defaults live in the library that consumes them.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pydantic import Field
 
 from feature_engineering.config import FeatureConfig
 from mtl_model.config import ModelConfig, TrainConfig
-from mtlrec.config import LakeConfig, RayConfig, SparkConfig, StrictModel, load_config
+from mtl_model.run_config import TrainRunConfig
+from mtlrec.config import (
+    ConfigError,
+    LakeConfig,
+    RayConfig,
+    SparkConfig,
+    StrictModel,
+    load_config,
+)
 from mtlrec.synthetic.config import GeneratorConfig
 
 
@@ -25,8 +34,18 @@ class PipelineConfig(StrictModel):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    run: TrainRunConfig = Field(default_factory=TrainRunConfig)
 
 
 def load_pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """Load from the ``--config`` / ``--set`` arguments added by ``add_config_arguments``."""
     return load_config(PipelineConfig, args.config, args.overrides)
+
+
+def job_config(args: argparse.Namespace, job: str) -> PipelineConfig:
+    """``load_pipeline_config`` for a job's main: a bad config is one clear line and exit 2."""
+    try:
+        return load_pipeline_config(args)
+    except ConfigError as exc:
+        print(f"{job}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -44,6 +44,7 @@ class LakeConfig(StrictModel):
     )
     storage_options: dict[str, str] = Field(
         default_factory=dict,
+        repr=False,  # may hold credentials: never in a repr or a log line
         description="delta-rs / object-store options; credentials may also come from the env.",
     )
 

@@ -39,6 +39,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from mtlrec.config import LakeConfig
 from mtlrec.log import get_logger, log_stage
+from mtlrec.storage import LakeStorage
 
 WriteMode = Literal["append", "overwrite"]
 ReplacePartitions = Literal["written"] | Sequence[Mapping[str, str]] | None
@@ -91,7 +92,8 @@ class Lake:
         row_group_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.root = root if "://" in root else str(Path(root).resolve())
-        self.storage_options = dict(storage_options or {})
+        self.storage = LakeStorage(self.root, storage_options)
+        self.storage_options = self.storage.delta_options()
         self.row_group_bytes = row_group_bytes
 
     @classmethod
@@ -200,7 +202,7 @@ class Lake:
         base = table.table_uri.rstrip("/")
         pieces = []
         for action in _add_actions(table, filters):
-            filesystem, path = pafs.FileSystem.from_uri(f"{base}/{unquote(action['path'])}")
+            filesystem, path = self.storage.filesystem_for(f"{base}/{unquote(action['path'])}")
             data_cols = [c for c in wanted if c not in partition_cols]
             piece = pq.read_table(path, filesystem=filesystem, columns=data_cols)
             for col in partition_cols:
@@ -285,7 +287,7 @@ class Lake:
         partition_cols = self._partition_columns(name, partition_by)
         self._check_schema(name, data.schema)
         write_dir = _new_write_dir()
-        filesystem, base_path = pafs.FileSystem.from_uri(f"{uri}/{write_dir}")
+        filesystem, base_path = self.storage.filesystem_for(f"{uri}/{write_dir}")
         rows_per_group = max(
             1024, int(self.row_group_bytes / max(1.0, data.nbytes / max(1, data.num_rows)))
         )
@@ -344,7 +346,7 @@ class Lake:
         run_id: str | None,
     ) -> CommitResult:
         uri = self.table_uri(name)
-        adds = _add_actions_for_dir(uri, write_dir, partition_cols)
+        adds = _add_actions_for_dir(self.storage, uri, write_dir, partition_cols)
         commit = CommitProperties(
             custom_metadata={"mtlrec.write_dir": write_dir, "mtlrec.mode": mode},
             app_transactions=[Transaction(app_id=run_id, version=1)] if run_id else None,
@@ -482,8 +484,10 @@ def _partition_values_from_path(relative: str, partition_cols: list[str]) -> dic
     return values
 
 
-def _add_actions_for_dir(uri: str, write_dir: str, partition_cols: list[str]) -> list[AddAction]:
-    filesystem, base = pafs.FileSystem.from_uri(f"{uri}/{write_dir}")
+def _add_actions_for_dir(
+    storage: LakeStorage, uri: str, write_dir: str, partition_cols: list[str]
+) -> list[AddAction]:
+    filesystem, base = storage.filesystem_for(f"{uri}/{write_dir}")
     infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     adds = []
     for info in sorted(infos, key=lambda i: i.path):

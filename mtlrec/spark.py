@@ -13,7 +13,8 @@ import os
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
-from mtlrec.config import SparkConfig
+from mtlrec.config import LakeConfig, SparkConfig
+from mtlrec.storage import LakeStorage
 
 
 def launched_by_spark_submit() -> bool:
@@ -21,7 +22,8 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def get_spark(cfg: SparkConfig) -> SparkSession:
+def get_spark(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
+    """The session for a job; ``lake`` adds the object-store settings its root needs."""
     submitted = launched_by_spark_submit()
     builder = SparkSession.builder.appName(cfg.app_name)
     defaults = {
@@ -43,6 +45,8 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
                 "spark.driver.host": "127.0.0.1",
             }
         )
+    if lake is not None:
+        defaults.update(LakeStorage.from_config(lake).spark_conf())
     defaults.update(cfg.conf)
     # Under spark-submit the JVM already holds the submitted conf (as system properties,
     # which SparkConf loads): it wins over the config file.

@@ -1,0 +1,160 @@
+"""Distributed multi-task training on Ray Train, streaming gold/examples through Petastorm.
+
+Local (starts a local Ray, dashboard off):
+    python -m jobs.train --config cluster_configs/local.yaml
+
+On a Ray cluster (run from the project root):
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m jobs.train --config cluster_configs/cluster_s3.yaml --ray-address auto
+
+Outputs in <run.storage_path>/<run name>/: model.pt (loads with weights_only=True),
+metrics.json (per-epoch history, final val/test metrics, the Delta versions read),
+config.json, curves.png, tensorboard/ and Ray's checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+from jobs.config import PipelineConfig, job_config
+from mtlrec.config import add_config_arguments
+from mtlrec.lake import Lake
+from mtlrec.log import get_logger, log_stage
+
+_log = get_logger("jobs.train")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.train",
+        description="Train a multi-task model data-parallel on Ray Train (Petastorm input).",
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="join a Ray cluster ('auto' or 'ray://host:port'); default: ray.address, "
+        "else a local Ray",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        default=None,
+        help="continue the stopped run RUN from its newest readable checkpoint",
+    )
+    return parser.parse_args(argv)
+
+
+def write_curves(run_dir: Path, history: list[dict[str, float]]) -> None:
+    """TensorBoard event files and a PNG of the training curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    for record in history:
+        step = int(record["epoch"])
+        for key, value in record.items():
+            if key != "epoch" and math.isfinite(value):
+                writer.add_scalar(key, value, step)
+    writer.close()
+
+    losses = sorted(k for k in history[0] if k.startswith("train/loss"))
+    aucs = sorted(k for k in history[0] if k.startswith("val/") and k.endswith("/auc"))
+    epochs = [r["epoch"] for r in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in losses:
+        left.plot(epochs, [r[key] for r in history], marker="o", label=key)
+    left.set_title("training loss")
+    left.set_xlabel("epoch")
+    left.legend(fontsize=7)
+    for key in aucs:
+        right.plot(epochs, [r[key] for r in history], marker="o", label=key)
+    right.set_title("validation AUC")
+    right.set_xlabel("epoch")
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(figure)
+
+
+def log_to_mlflow(
+    tracking_uri: str, run_name: str, cfg: PipelineConfig, history: list[dict[str, float]]
+) -> None:
+    try:
+        import mlflow
+    except ImportError:
+        raise RuntimeError(
+            "run.mlflow_tracking_uri is set but mlflow is not installed: pip install mlflow"
+        ) from None
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_name=run_name):
+        mlflow.log_params({"architecture": cfg.model.architecture, "epochs": cfg.train.epochs})
+        for record in history:
+            step = int(record["epoch"])
+            mlflow.log_metrics(
+                {k.replace("/", "_"): v for k, v in record.items() if math.isfinite(v)}, step
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = job_config(args, "train")
+    # Heavy imports after the config is known to be valid: --help and bad configs stay fast.
+    from mtl_model.ray_train import (
+        RunConfigBundle,
+        finalize_run,
+        init_ray,
+        newest_readable_checkpoint,
+        resolve_inputs,
+        run_training,
+    )
+
+    ray_cfg = cfg.ray.model_copy(update={"address": args.ray_address or cfg.ray.address})
+    bundle = RunConfigBundle(cfg.model, cfg.train, cfg.run, ray_cfg)
+    run_name = args.resume or cfg.run.name or f"mtl-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    # Local runs resolve to an absolute path; object-store runs (s3://...) are written by
+    # Ray's storage layer, and the driver's outputs go to a local mirror of the run.
+    storage = cfg.run.storage_path
+    run_dir = (Path(storage).resolve() if "://" not in storage else Path("runs")) / run_name
+    resume_from = None
+    if args.resume is not None:
+        resume_from = newest_readable_checkpoint(run_dir)
+        if resume_from is None:
+            print(f"train: no readable checkpoint under {run_dir} to resume", flush=True)
+            return 2
+        _log.info("resuming %s from %s", run_name, resume_from.path)
+
+    lake = Lake.from_config(cfg.lake)
+    versions = resolve_inputs(lake, cfg.run).table_versions
+    init_ray(ray_cfg)
+    _log.info(
+        "run %s: %s on %d %s worker(s), %d epoch(s)",
+        run_name,
+        cfg.model.architecture,
+        ray_cfg.num_workers,
+        "GPU" if ray_cfg.use_gpu else "CPU",
+        cfg.train.epochs,
+    )
+    result = run_training(lake, bundle, run_name, resume_from)
+    if result.error is not None:
+        raise result.error
+    assert result.checkpoint is not None
+    outcome = finalize_run(run_dir, result.checkpoint, bundle, versions)
+    write_curves(run_dir, outcome.history)
+    if cfg.run.mlflow_tracking_uri:
+        log_to_mlflow(cfg.run.mlflow_tracking_uri, run_name, cfg, outcome.history)
+    summary = {k: v for k, v in outcome.metrics.items() if k.endswith(("/auc", "/gauc", "/rmse"))}
+    log_stage(_log, "train", run=run_name, epochs=len(outcome.history), **summary)
+    print(json.dumps({"run_dir": outcome.run_dir, "artifact": outcome.artifact_path}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

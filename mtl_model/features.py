@@ -1,0 +1,102 @@
+"""Feature layer: turns a batch of gold/examples columns into one dense vector per row.
+
+Built only from the ``FeatureSpec``: one embedding table per categorical
+feature (row 0 is the out-of-vocabulary bucket), dense features normalised
+with the spec's mean/std, pretrained embedding groups stacked in spec order
+(optionally projected), and an optional DCN-v2 cross network on top.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+
+from mtl_model.config import CrossConfig, ModelConfig
+from mtlrec.feature_spec import FeatureSpec
+
+Batch = dict[str, Tensor]
+
+
+class CrossNetworkV2(nn.Module):
+    """DCN-v2 cross layers: ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``.
+
+    With ``low_rank`` set, ``W_l = U_l V_l^T`` (the paper's cost-efficient form).
+    """
+
+    def __init__(self, dim: int, cfg: CrossConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for _ in range(cfg.num_layers):
+            if cfg.low_rank is None:
+                self.layers.append(nn.Linear(dim, dim))
+            else:
+                down = nn.Linear(dim, cfg.low_rank, bias=False)
+                self.layers.append(nn.Sequential(down, nn.Linear(cfg.low_rank, dim)))
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
+
+
+class FeatureLayer(nn.Module):
+    """Batch -> ``[B, output_dim]`` float tensor."""
+
+    dense_mean: Tensor
+    dense_std: Tensor
+
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig) -> None:
+        super().__init__()
+        if not (spec.categorical or spec.dense or spec.embeddings):
+            raise ValueError("feature spec lists no feature columns")
+        self.categorical_names = [f.name for f in spec.categorical]
+        self.dense_names = [f.name for f in spec.dense]
+        self.embedding_groups = [list(e.columns) for e in spec.embeddings]
+        # A list, not a dict: feature names may contain characters ModuleDict rejects.
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(f.vocab_size, cfg.embedding_dim or f.embedding_dim)
+            for f in spec.categorical
+        )
+        for table in self.tables():
+            nn.init.normal_(table.weight, std=0.05)
+        self.register_buffer(
+            "dense_mean", torch.tensor([f.mean for f in spec.dense], dtype=torch.float32)
+        )
+        self.register_buffer(
+            "dense_std", torch.tensor([f.std for f in spec.dense], dtype=torch.float32)
+        )
+        self.projections = nn.ModuleList(
+            nn.Linear(len(cols), cfg.text_projection_dim)
+            if cfg.text_projection_dim > 0
+            else nn.Identity()
+            for cols in self.embedding_groups
+        )
+        width = sum(table.embedding_dim for table in self.tables()) + len(self.dense_names)
+        for cols in self.embedding_groups:
+            width += cfg.text_projection_dim if cfg.text_projection_dim > 0 else len(cols)
+        self.cross = CrossNetworkV2(width, cfg.cross) if cfg.cross.enabled else None
+        self.output_dim = width
+
+    def tables(self) -> list[nn.Embedding]:
+        """The categorical embedding tables, in ``categorical_names`` order."""
+        return cast(list[nn.Embedding], list(self.embeddings))
+
+    def forward(self, batch: Batch) -> Tensor:
+        parts: list[Tensor] = []
+        for name, table in zip(self.categorical_names, self.tables(), strict=True):
+            index = batch[name].long()
+            # Indices outside the table (a newer vocabulary, corrupt rows) fall to OOV row 0.
+            valid = (index >= 0) & (index < table.num_embeddings)
+            parts.append(table(torch.where(valid, index, torch.zeros_like(index))))
+        if self.dense_names:
+            raw = torch.stack([batch[name].float() for name in self.dense_names], dim=-1)
+            # Missing dense values (NaN) become the mean, i.e. 0 after normalising.
+            parts.append(torch.nan_to_num((raw - self.dense_mean) / self.dense_std, nan=0.0))
+        for cols, projection in zip(self.embedding_groups, self.projections, strict=True):
+            vector = torch.stack([batch[c].float() for c in cols], dim=-1)
+            parts.append(projection(torch.nan_to_num(vector, nan=0.0)))
+        x = torch.cat(parts, dim=-1)
+        return self.cross(x) if self.cross is not None else x
