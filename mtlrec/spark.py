@@ -9,6 +9,7 @@ listens beyond localhost by default.
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
@@ -43,6 +44,9 @@ def get_spark(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
                 "spark.driver.memory": cfg.driver_memory,
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.driver.host": "127.0.0.1",
+                # Python workers must run this interpreter (the venv with pandas, torch);
+                # otherwise Spark starts whatever `python3` is first on PATH.
+                "spark.pyspark.python": sys.executable,
             }
         )
     if lake is not None:
