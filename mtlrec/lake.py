@@ -524,12 +524,15 @@ def _file_stats(meta: pq.FileMetaData, partition_cols: list[str]) -> dict[str, A
             column = meta.row_group(rg).column(col_index)
             st = column.statistics
             if st is None or not st.has_min_max:
-                complete = complete and (st is not None and st.null_count == column.num_values)
-                null_count += st.null_count if st is not None else 0
+                # No min/max (e.g. values too long for the writer's stats): only an
+                # all-null chunk still leaves the file's min/max well defined.
+                known_nulls = st.null_count if st is not None else None
+                complete = complete and known_nulls == column.num_values
+                null_count += known_nulls or 0
                 continue
             lows.append(st.min)
             highs.append(st.max)
-            null_count += st.null_count
+            null_count += st.null_count or 0
         nulls[field.name] = null_count
         if complete and lows:
             minimum[field.name] = _json_stat(min(lows))

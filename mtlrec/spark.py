@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pyspark import SparkConf
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from mtlrec.config import LakeConfig, SparkConfig
@@ -21,6 +21,15 @@ from mtlrec.storage import LakeStorage
 def launched_by_spark_submit() -> bool:
     """spark-submit starts the JVM first and hands its gateway to the Python driver."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _submitted_conf() -> SparkConf:
+    """The conf spark-submit passed to the JVM (its system properties).
+
+    SparkConf only reads the JVM once Python is connected to it, so connect first.
+    """
+    SparkContext._ensure_initialized()
+    return SparkConf()
 
 
 def get_spark(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
@@ -37,24 +46,22 @@ def get_spark(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "true",
     }
+    submitted_conf = _submitted_conf() if submitted else None
+    master = submitted_conf.get("spark.master", "") if submitted_conf else cfg.master
     if not submitted:
         builder = builder.master(cfg.master)
-        defaults.update(
-            {
-                "spark.driver.memory": cfg.driver_memory,
-                "spark.driver.bindAddress": "127.0.0.1",
-                "spark.driver.host": "127.0.0.1",
-                # Python workers must run this interpreter (the venv with pandas, torch);
-                # otherwise Spark starts whatever `python3` is first on PATH.
-                "spark.pyspark.python": sys.executable,
-            }
-        )
+        defaults["spark.driver.memory"] = cfg.driver_memory
+        # Python workers (pandas UDFs) must run this interpreter, the venv with pandas and
+        # torch; PySpark reads the worker executable from PYSPARK_PYTHON, else `python3`.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if master.startswith("local"):
+        # A local driver listens on loopback only, submitted or not.
+        defaults.update({"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"})
     if lake is not None:
         defaults.update(LakeStorage.from_config(lake).spark_conf())
     defaults.update(cfg.conf)
     # Under spark-submit the JVM already holds the submitted conf (as system properties,
     # which SparkConf loads): it wins over the config file.
-    submitted_conf = SparkConf() if submitted else None
     for key, value in defaults.items():
         if submitted_conf is None or not submitted_conf.contains(key):
             builder = builder.config(key, value)

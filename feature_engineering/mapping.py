@@ -1,0 +1,177 @@
+"""Map one raw line onto the canonical event fields, driven by ``RawMappingConfig``.
+
+Whatever the source format, the result is the same set of columns: a parse
+status, and for every canonical field its text and its JSON type
+(``STRING``, ``BIGINT``, ``DECIMAL``, ``DOUBLE``, ``BOOLEAN``, ``OBJECT``,
+``ARRAY``, ``VOID`` for JSON null; NULL when absent). Bronze types and checks
+these columns without knowing which format they came from.
+
+JSON is parsed twice with Spark built-ins: ``try_parse_json`` of ``[<line>]``
+decides whether the line is exactly one strict JSON value (rejecting trailing
+text or two objects on one line) and ``from_json`` into VARIANT fields gives
+each field's value and type
+(it accepts ``NaN``/``Infinity``, which Python's ``json.dumps`` writes, so
+non-finite numbers reach the invalid_number check instead of failing the
+parse). CSV lines are split on the delimiter (no quoting); every CSV value is
+text, so numbers are checked by casting.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructField, StructType, VariantType
+
+from feature_engineering.config import RawMappingConfig
+
+CANONICAL_FIELDS = (
+    "event_id",
+    "ts",
+    "user_id",
+    "session_id",
+    "event_type",
+    "item_id",
+    "request_id",
+    "position",
+    "page",
+    "device",
+    "price",
+    "quantity",
+    "item_category",
+)
+
+# Non-finite number tokens after ':' ',' or '[' become null for the strictness check only.
+_NONFINITE_TOKEN = r"([:,\[]\s*)[-+]?(NaN|Infinity|INF)\b"
+
+PARSE_OK = "ok"
+PARSE_TRUNCATED = "truncated"  # starts like a record of the format but does not parse
+PARSE_NOT_RECORD = "not_record"  # not a record of the format at all (blank lines included)
+PARSE_NOT_OBJECT = "not_object"  # valid JSON that is not an object
+
+
+# Longest epoch that still fits a Spark timestamp (microseconds in a long), per unit.
+_EPOCH_DIGITS = {"ms": 15, "s": 12}
+
+
+def parse_time(text: Column, epoch_unit: str) -> Column:
+    """An integer (digits only) is epoch in ``epoch_unit``; anything else is tried as ISO-8601.
+
+    Null when neither parses.
+    """
+    trimmed = F.trim(text)
+    digits = _EPOCH_DIGITS[epoch_unit]
+    epoch = F.when(trimmed.rlike(rf"^-?[0-9]{{1,{digits}}}$"), trimmed.cast("long"))
+    from_epoch = F.timestamp_millis(epoch) if epoch_unit == "ms" else F.timestamp_seconds(epoch)
+    return F.when(epoch.isNotNull(), from_epoch).otherwise(F.try_to_timestamp(trimmed))
+
+
+def text_col(field: str) -> str:
+    return f"_{field}_text"
+
+
+def type_col(field: str) -> str:
+    return f"_{field}_type"
+
+
+def _body(value: Column) -> Column:
+    """The line without a trailing CR (CRLF files) and with invalid bytes made safe."""
+    return F.regexp_replace(F.make_valid_utf8(value), "\r$", "")
+
+
+def _content_id(body: Column) -> Column:
+    """A derived event_id: identical lines get identical ids, so silver dedups them."""
+    return F.concat(F.lit("h"), F.substring(F.sha2(body.cast("binary"), 256), 1, 32))
+
+
+def parse_fields(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
+    """Add ``_parse``, ``_parse_detail`` and per-field text/type columns to ``lines``."""
+    if mapping.format == "csv":
+        return _parse_csv(lines, mapping)
+    return _parse_jsonl(lines, mapping)
+
+
+def _sources(mapping: RawMappingConfig) -> dict[str, str | None]:
+    return {f: getattr(mapping.fields, f) for f in CANONICAL_FIELDS}
+
+
+def _parse_jsonl(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
+    body = _body(F.col("value"))
+    sources = _sources(mapping)
+    named = sorted({s for s in sources.values() if s is not None})
+    schema = StructType([StructField(name, VariantType()) for name in named])
+    # Wrapped in [ ] the line must be an array of exactly one value: this rejects what a
+    # lenient parser would skip, such as trailing text or a second object on the line.
+    wrapped = F.concat(F.lit("["), F.regexp_replace(body, _NONFINITE_TOKEN, "$1null"), F.lit("]"))
+    strict = F.try_parse_json(wrapped)
+    one_value = F.size(F.try_variant_get(strict, "$", "array<variant>")) == 1
+    frame = lines.withColumn("_body", body).select(
+        "*",
+        F.coalesce(one_value, F.lit(False)).alias("_is_json"),
+        F.schema_of_variant(F.try_variant_get(strict, "$[0]", "variant")).alias("_json_type"),
+        F.from_json("_body", schema, {"mode": "PERMISSIVE", "allowSingleQuotes": "false"}).alias(
+            "_rec"
+        ),
+    )
+    starts_object = F.ltrim(F.col("_body")).startswith("{")
+    parse = (
+        F.when(F.trim(F.col("_body")) == "", F.lit(PARSE_NOT_RECORD))
+        .when(~F.col("_is_json") & starts_object, F.lit(PARSE_TRUNCATED))
+        .when(~F.col("_is_json"), F.lit(PARSE_NOT_RECORD))
+        .when(~F.col("_json_type").startswith("OBJECT"), F.lit(PARSE_NOT_OBJECT))
+        .otherwise(F.lit(PARSE_OK))
+    )
+    detail = F.when(~F.col("_is_json"), F.lit("not a single JSON value")).otherwise(
+        F.concat(F.lit("JSON "), F.col("_json_type"))
+    )
+    columns: list[Column] = []
+    for field, source in sources.items():
+        if field == "event_id" and source is None:
+            columns += [_content_id(F.col("_body")), F.lit("STRING")]
+        elif source is None:
+            columns += [F.lit(None).cast("string"), F.lit(None).cast("string")]
+        else:
+            v = F.col("_rec").getField(source)
+            columns += [
+                F.try_variant_get(v, "$", "string"),
+                F.regexp_extract(F.schema_of_variant(v), r"^[A-Z]+", 0),
+            ]
+    names = [n for f in CANONICAL_FIELDS for n in (text_col(f), type_col(f))]
+    return frame.select(
+        *lines.columns,
+        parse.alias("_parse"),
+        detail.alias("_parse_detail"),
+        *[c.alias(n) for c, n in zip(columns, names, strict=True)],
+    )
+
+
+def _parse_csv(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
+    body = _body(F.col("value"))
+    parts = F.split(body, re.escape(mapping.csv_delimiter), -1)
+    width = len(mapping.csv_columns)
+    frame = lines.withColumn("_body", body).withColumn("_parts", parts)
+    count = F.size("_parts")
+    parse = (
+        F.when(F.trim(F.col("_body")) == "", F.lit(PARSE_NOT_RECORD))
+        .when(count < width, F.lit(PARSE_TRUNCATED))
+        .when(count > width, F.lit(PARSE_NOT_RECORD))
+        .otherwise(F.lit(PARSE_OK))
+    )
+    detail = F.format_string(f"expected {width} CSV fields, got %d", count)
+    columns: list[Column] = []
+    for field, source in _sources(mapping).items():
+        if field == "event_id" and source is None:
+            text = _content_id(F.col("_body"))
+        elif source is None:
+            text = F.lit(None).cast("string")
+        else:
+            text = F.get(F.col("_parts"), mapping.csv_columns.index(source))
+        columns += [text, F.when(text.isNotNull(), F.lit("STRING"))]
+    names = [n for f in CANONICAL_FIELDS for n in (text_col(f), type_col(f))]
+    return frame.select(
+        *lines.columns,
+        parse.alias("_parse"),
+        detail.alias("_parse_detail"),
+        *[c.alias(n) for c, n in zip(columns, names, strict=True)],
+    )

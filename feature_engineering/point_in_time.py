@@ -1,0 +1,286 @@
+"""Point-in-time user, item and user x item-attribute features.
+
+Every feature "as of day D" is computed only from events whose ``dt`` is
+strictly before D. ``dt`` is the partition the event was *available* in
+(silver files late arrivals under the day they arrived), so a late event never
+leaks into an earlier day.
+
+The aggregation avoids a rescan per day: events are first reduced to one row
+per (entity, day); each such row is then fanned out to the as-of days it
+contributes to (the next ``lookback`` days, restricted to the requested ones)
+and summed with conditional aggregates per window. Cost is proportional to
+active entity-days x lookback, not to events x days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from feature_engineering.gold_config import GoldConfig
+
+EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
+ENGAGEMENT_TYPES = ("click", "add_to_cart", "purchase")
+AFFINITY_DIMENSIONS = ("category_l1", "category_l2", "brand")
+_EPOCH = "1970-01-01"
+_SECONDS_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class DenseDefaults:
+    """Value of each dense feature for an entity with no history in the window."""
+
+    values: dict[str, float]
+
+    def fill(self, frame: DataFrame) -> DataFrame:
+        return frame.fillna(dict[str, bool | float | int | str](self.values))
+
+
+def day_number(dt_column: Column) -> Column:
+    """Days since 1970-01-01 of a 'YYYY-MM-DD' string column."""
+    return F.datediff(F.to_date(dt_column), F.lit(_EPOCH).cast("date"))
+
+
+def day_num(day: str) -> int:
+    """Python twin of ``day_number``."""
+    return (dt.date.fromisoformat(day) - dt.date.fromisoformat(_EPOCH)).days
+
+
+def day_string(day_num: Column) -> Column:
+    """Inverse of ``day_number``."""
+    return F.date_format(F.date_add(F.lit(_EPOCH).cast("date"), day_num), "yyyy-MM-dd")
+
+
+def day_start_seconds(day_num: Column) -> Column:
+    return day_num.cast("double") * F.lit(_SECONDS_PER_DAY)
+
+
+def _count(event_type: str) -> Column:
+    return F.sum((F.col("event_type") == event_type).cast("long"))
+
+
+def _fan_out(daily: DataFrame, as_of_days: list[int], lookback: int) -> DataFrame:
+    """Repeat each (entity, day) row for every requested as-of day in (day, day + lookback]."""
+    first, last = min(as_of_days), max(as_of_days)
+    start = F.greatest(F.col("day") + 1, F.lit(first))
+    stop = F.least(F.col("day") + lookback, F.lit(last))
+    return (
+        daily.where((F.col("day") + lookback >= first) & (F.col("day") < last))
+        .withColumn("as_of_day", F.explode(F.sequence(start, stop)))
+        .where(F.col("as_of_day").isin(as_of_days))
+        .withColumn("age", F.col("as_of_day") - F.col("day"))
+    )
+
+
+def _within(days: int, column: str) -> Column:
+    return F.sum(F.when(F.col("age") <= days, F.col(column)).otherwise(F.lit(0)))
+
+
+def _smoothed(hits: Column, trials: Column, prior: float, strength: float) -> Column:
+    return (hits + F.lit(prior * strength)) / (trials + F.lit(strength))
+
+
+def _with_events(events: DataFrame) -> DataFrame:
+    return events.withColumn("day", day_number(F.col("dt")))
+
+
+def _log1p_float(column: Column, name: str) -> Column:
+    return F.log1p(column.cast("double")).cast("float").alias(name)
+
+
+def user_feature_names(cfg: GoldConfig) -> list[str]:
+    names = [f"user_log_{t}s_{w}d" for w in cfg.window_days for t in EVENT_TYPES]
+    return [
+        *names,
+        "user_ctr_smoothed",
+        "user_cvr_smoothed",
+        "user_days_since_last_event",
+        "user_days_since_last_click",
+        "user_log_mean_click_price",
+    ]
+
+
+def user_defaults(cfg: GoldConfig) -> DenseDefaults:
+    values = {name: 0.0 for name in user_feature_names(cfg)}
+    values["user_ctr_smoothed"] = cfg.ctr_prior
+    values["user_cvr_smoothed"] = cfg.cvr_prior
+    values["user_days_since_last_event"] = float(cfg.lookback_days)
+    values["user_days_since_last_click"] = float(cfg.lookback_days)
+    return DenseDefaults(values)
+
+
+def user_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> DataFrame:
+    """(user_id, as_of_day, dense user features) for users active in the lookback window.
+
+    A user absent here has no events in the window: use ``user_defaults``.
+    Recency is capped at the lookback, so the defaults are exact for them.
+    """
+    is_click = F.col("event_type") == "click"
+    daily = (
+        _with_events(events)
+        .groupBy("user_id", "day")
+        .agg(
+            *[_count(t).alias(f"n_{t}") for t in EVENT_TYPES],
+            F.max("event_ts").alias("last_ts"),
+            F.max(F.when(is_click, F.col("event_ts"))).alias("last_click_ts"),
+            F.sum(F.when(is_click, F.col("item_price"))).alias("click_price_sum"),
+            F.sum((is_click & F.col("item_price").isNotNull()).cast("long")).alias("click_priced"),
+        )
+    )
+    lookback = cfg.lookback_days
+    rw = cfg.rate_window_days
+    grouped = (
+        _fan_out(daily, as_of_days, lookback)
+        .groupBy("user_id", "as_of_day")
+        .agg(
+            *[
+                _within(w, f"n_{t}").alias(f"n_{t}_{w}")
+                for w in cfg.window_days
+                for t in EVENT_TYPES
+            ],
+            _within(rw, "n_impression").alias("rate_impressions"),
+            _within(rw, "n_click").alias("rate_clicks"),
+            _within(rw, "n_purchase").alias("rate_purchases"),
+            F.max("last_ts").alias("last_ts"),
+            F.max("last_click_ts").alias("last_click_ts"),
+            F.sum(F.when(F.col("age") <= rw, F.col("click_price_sum"))).alias("price_sum"),
+            _within(rw, "click_priced").alias("price_n"),
+        )
+    )
+    as_of_s = day_start_seconds(F.col("as_of_day"))
+
+    def days_since(column: str) -> Column:
+        since = (as_of_s - F.col(column).cast("double")) / F.lit(_SECONDS_PER_DAY)
+        return F.coalesce(F.least(since, F.lit(float(lookback))), F.lit(float(lookback)))
+
+    return grouped.select(
+        "user_id",
+        "as_of_day",
+        *[
+            _log1p_float(F.col(f"n_{t}_{w}"), f"user_log_{t}s_{w}d")
+            for w in cfg.window_days
+            for t in EVENT_TYPES
+        ],
+        _smoothed(
+            F.col("rate_clicks"), F.col("rate_impressions"), cfg.ctr_prior, cfg.prior_strength
+        )
+        .cast("float")
+        .alias("user_ctr_smoothed"),
+        _smoothed(F.col("rate_purchases"), F.col("rate_clicks"), cfg.cvr_prior, cfg.prior_strength)
+        .cast("float")
+        .alias("user_cvr_smoothed"),
+        days_since("last_ts").cast("float").alias("user_days_since_last_event"),
+        days_since("last_click_ts").cast("float").alias("user_days_since_last_click"),
+        F.coalesce(
+            F.log1p(F.col("price_sum") / F.col("price_n")).cast("float"), F.lit(0.0).cast("float")
+        ).alias("user_log_mean_click_price"),
+    )
+
+
+def item_feature_names(cfg: GoldConfig) -> list[str]:
+    names = [f"item_log_{t}s_{w}d" for w in cfg.window_days for t in EVENT_TYPES]
+    return [*names, "item_ctr_smoothed", "item_cvr_smoothed"]
+
+
+def item_defaults(cfg: GoldConfig) -> DenseDefaults:
+    values = {name: 0.0 for name in item_feature_names(cfg)}
+    values["item_ctr_smoothed"] = cfg.ctr_prior
+    values["item_cvr_smoothed"] = cfg.cvr_prior
+    return DenseDefaults(values)
+
+
+def item_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> DataFrame:
+    """(item_id, as_of_day, popularity and smoothed rates) for items with history."""
+    daily = (
+        _with_events(events)
+        .groupBy("item_id", "day")
+        .agg(*[_count(t).alias(f"n_{t}") for t in EVENT_TYPES])
+    )
+    rw = cfg.rate_window_days
+    grouped = (
+        _fan_out(daily, as_of_days, cfg.lookback_days)
+        .groupBy("item_id", "as_of_day")
+        .agg(
+            *[
+                _within(w, f"n_{t}").alias(f"n_{t}_{w}")
+                for w in cfg.window_days
+                for t in EVENT_TYPES
+            ],
+            _within(rw, "n_impression").alias("rate_impressions"),
+            _within(rw, "n_click").alias("rate_clicks"),
+            _within(rw, "n_purchase").alias("rate_purchases"),
+        )
+    )
+    return grouped.select(
+        "item_id",
+        "as_of_day",
+        *[
+            _log1p_float(F.col(f"n_{t}_{w}"), f"item_log_{t}s_{w}d")
+            for w in cfg.window_days
+            for t in EVENT_TYPES
+        ],
+        _smoothed(
+            F.col("rate_clicks"), F.col("rate_impressions"), cfg.ctr_prior, cfg.prior_strength
+        )
+        .cast("float")
+        .alias("item_ctr_smoothed"),
+        _smoothed(F.col("rate_purchases"), F.col("rate_clicks"), cfg.cvr_prior, cfg.prior_strength)
+        .cast("float")
+        .alias("item_cvr_smoothed"),
+    )
+
+
+def user_affinities(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> DataFrame:
+    """(user_id, as_of_day, and per dimension d in AFFINITY_DIMENSIONS: ``affinity_counts_<d>``
+    map value -> engagement count, ``affinity_total_<d>``, ``user_top_<d>``).
+
+    Engagement events (click, cart, purchase) over the affinity window. The
+    user's affinity for a value is counts[value] / total (see ``affinity_share``);
+    the top value is the most engaged one, ties broken by the larger value so it
+    is deterministic. All dimensions share one fan-out and one aggregation.
+    """
+    long = (
+        _with_events(events)
+        .where(F.col("event_type").isin(*ENGAGEMENT_TYPES))
+        .select(
+            "user_id",
+            "day",
+            F.explode(
+                F.array(
+                    *[
+                        F.struct(F.lit(d).alias("dimension"), F.col(d).alias("value"))
+                        for d in AFFINITY_DIMENSIONS
+                    ]
+                )
+            ).alias("kv"),
+        )
+        .select("user_id", "day", "kv.dimension", "kv.value")
+        .where(F.col("value").isNotNull())
+    )
+    daily = long.groupBy("user_id", "dimension", "value", "day").agg(F.count(F.lit(1)).alias("n"))
+    per_value = (
+        _fan_out(daily, as_of_days, cfg.affinity_window_days)
+        .groupBy("user_id", "as_of_day", "dimension", "value")
+        .agg(F.sum("n").alias("n"))
+    )
+    aggs = []
+    for d in AFFINITY_DIMENSIONS:
+        mine = F.col("dimension") == d
+        aggs += [
+            F.map_from_entries(F.collect_list(F.when(mine, F.struct("value", "n")))).alias(
+                f"affinity_counts_{d}"
+            ),
+            F.sum(F.when(mine, F.col("n"))).alias(f"affinity_total_{d}"),
+            F.max(F.when(mine, F.struct("n", "value")))["value"].alias(f"user_top_{d}"),
+        ]
+    return per_value.groupBy("user_id", "as_of_day").agg(*aggs)
+
+
+def affinity_share(dimension: str, value: Column) -> Column:
+    """The user's share of engagement on ``value`` (0 when none), from ``user_affinities``."""
+    counts = F.col(f"affinity_counts_{dimension}")
+    share = F.element_at(counts, value) / F.col(f"affinity_total_{dimension}")
+    return F.coalesce(share, F.lit(0.0)).cast("float")

@@ -1,0 +1,105 @@
+"""The second raw mapping end to end: a behaviour-log CSV through bronze and silver.
+
+Runs jobs/build_features.py (its ``main``) with cluster_configs/behavior_csv.yaml on
+tests/data/behavior_csv, a small file of the form
+user_id,item_id,category_id,behavior_type,timestamp with a known set of defects.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import SparkSession
+
+from jobs.build_features import main
+from mtlrec.lake import Lake
+from mtlrec.raw_contract import QuarantineReason as Q
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW = ROOT / "tests" / "data" / "behavior_csv"
+CONFIG = ROOT / "cluster_configs" / "behavior_csv.yaml"
+DAY1 = "dt=2017-11-25/part-00000.csv"
+EXPECTED_QUARANTINE = {
+    (DAY1, 16): Q.TRUNCATED_JSON,  # "garbage": fewer fields than the mapping's columns
+    (DAY1, 17): Q.NOT_JSON,  # a sixth field
+    (DAY1, 18): Q.NOT_JSON,  # blank line
+    (DAY1, 19): Q.MISSING_FIELD,  # empty user_id
+    (DAY1, 20): Q.BAD_TIMESTAMP,
+    (DAY1, 21): Q.TIMESTAMP_OUT_OF_WINDOW,  # epoch second 1 = 1970
+    (DAY1, 22): Q.UNKNOWN_EVENT_TYPE,  # 'share'
+}
+LINES = 30
+CLICKS = 14  # pv lines that survive dedup (two re-deliveries of one pv line)
+
+
+@pytest.fixture(scope="module")
+def built(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    lake_root = tmp_path_factory.mktemp("behavior") / "lake"
+    common = [
+        "--config", str(CONFIG),
+        "--set", f"lake.root={lake_root}",
+        "--set", f"lake.raw_root={RAW}",
+    ]  # fmt: skip
+    assert main(["--stage", "bronze", *common]) == 0
+    assert main(["--stage", "silver", *common]) == 0
+    return Lake(str(lake_root))
+
+
+def _where(row: dict[str, Any]) -> tuple[str, int]:
+    return "/".join(row["source_file"].split("/")[-2:]), row["source_line"]
+
+
+def test_bronze_reconciles_and_quarantines_each_defect(built: Lake) -> None:
+    quarantine = built.read_arrow("bronze/quarantine").to_pylist()
+    events = built.read_arrow("bronze/events").to_pylist()
+    assert len(quarantine) + len(events) == LINES
+    assert {_where(r): r["reason"] for r in quarantine} == EXPECTED_QUARANTINE
+    kinds = {r["event_type"] for r in events}
+    assert kinds == {"click", "add_to_cart", "purchase", "favorite"}
+    assert all(r["event_id"].startswith("h") and r["item_category"] for r in events)
+
+
+def test_silver_synthesizes_impression_slates_for_clicks(built: Lake) -> None:
+    rows = built.read_arrow("silver/events").to_pylist()
+    ids = [r["event_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "duplicated lines are one event"
+    assert {r["event_type"] for r in rows} == {"impression", "click", "add_to_cart", "purchase"}
+    slates: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["event_type"] == "impression":
+            slates[row["request_id"]].append(row)
+    clicks = [r for r in rows if r["event_type"] == "click"]
+    assert len(clicks) == CLICKS and len(slates) == CLICKS
+    clicked_in_session = defaultdict(set)
+    for click in clicks:
+        clicked_in_session[click["session_id"]].add(click["item_id"])
+    for click in clicks:
+        slate = slates[click["request_id"]]
+        assert click["request_id"] == f"r-{click['event_id']}"
+        assert len(slate) == 5, "the clicked item plus negatives_per_click=4"
+        assert sorted(r["position"] for r in slate) == [1, 2, 3, 4, 5]
+        hit = [r for r in slate if r["item_id"] == click["item_id"]]
+        assert len(hit) == 1 and hit[0]["position"] == click["position"]
+        negatives = {r["item_id"] for r in slate} - {click["item_id"]}
+        assert not negatives & clicked_in_session[click["session_id"]]
+        assert all(r["session_id"] == click["session_id"] for r in slate)
+
+
+def test_silver_sessions_catalog_and_counts(built: Lake) -> None:
+    rows = built.read_arrow("silver/events").to_pylist()
+    real = [r for r in rows if r["event_type"] != "impression"]
+    sessions = {(r["user_id"], r["event_ts"].isoformat()[:16]): r["session_id"] for r in real}
+    # user 2: 23:50 on day 1 and 00:10 on day 2 are one session across midnight
+    assert sessions[("2", "2017-11-25T23:50")] == sessions[("2", "2017-11-26T00:10")]
+    # user 1: two hours apart are two sessions
+    assert sessions[("1", "2017-11-25T01:00")] != sessions[("1", "2017-11-25T03:00")]
+    assert all(r["item_known"] and r["category_l1"] for r in rows)
+    assert all(r["market"] is None for r in rows)
+    items = built.read_arrow("silver/items").to_pylist()
+    assert {r["item_id"]: r["category_l1"] for r in items}["101"] == "10"
+    assert len(items) == 12

@@ -1,0 +1,225 @@
+"""Bronze on a hand-written log: every defect class under its code, exact reconciliation.
+
+The log is written by the test (bytes, so invalid UTF-8 and NUL bytes are exact),
+one gzip file included; each line carries the reason code it must land under.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import SparkSession
+
+from feature_engineering.bronze import BronzeResult, run_bronze
+from feature_engineering.config import BronzeConfig, FeatureConfig
+from feature_engineering.raw_input import RawInputError
+from jobs.build_features import main
+from mtlrec.lake import Lake
+from mtlrec.raw_contract import QuarantineReason as Q
+
+pytestmark = pytest.mark.spark
+
+DAY1, DAY2 = "2026-10-01", "2026-10-02"
+CFG = FeatureConfig(bronze=BronzeConfig(max_line_bytes=400))
+
+
+def event(i: int, **changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "event_id": f"e{i}",
+        "ts": "2026-10-01T10:00:00Z",
+        "user_id": "u1",
+        "session_id": "s1",
+        "event_type": "add_to_cart",
+        "item_id": "i1",
+        "request_id": "r1",
+        "position": 3,
+        "page": "home",
+        "device": "ios",
+        "price": 12.5,
+        "quantity": 1,
+    }
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+def line(payload: Any) -> bytes:
+    return json.dumps(payload, allow_nan=True).encode()
+
+
+# (line bytes, expected reason or None for a good line)
+DAY1_PLAIN: list[tuple[bytes, str | None]] = [
+    (line(event(1)), None),
+    (line(event(2, ts=1790848800123, session_id=...)), None),  # epoch ms, no session
+    (b'{"event_id":"e3","ts":"2026-10-01T10:00:00Z","user_id":"u\xff1"}', Q.INVALID_ENCODING),
+    (line(event(4, user_id="u\x00")).replace(b"\\u0000", b"\x00"), Q.INVALID_ENCODING),
+    (line(event(5, title="x" * 500)), Q.LINE_TOO_LONG),
+    (line(event(6))[:40], Q.TRUNCATED_JSON),
+    (line(event(7)) + b'{"event_id":"e7b"}', Q.TRUNCATED_JSON),  # two objects on one line
+    (b"ERROR collector: upstream connection reset", Q.NOT_JSON),
+    (b"", Q.NOT_JSON),
+    (line([event(8)]), Q.NOT_AN_OBJECT),
+    (line("a string"), Q.NOT_AN_OBJECT),
+    (line(event(9, user_id=...)), Q.MISSING_FIELD),
+    (line(event(10, item_id=None)), Q.MISSING_FIELD),
+    (line(event(11, event_id="")), Q.MISSING_FIELD),
+    (line(event(12, position="abc")), Q.WRONG_TYPE),
+    (line(event(13, price="cheap")), Q.WRONG_TYPE),
+    (line(event(14, user_id=42)), Q.WRONG_TYPE),
+    (line(event(15, ts="2026-13-45T25:61:00Z")), Q.BAD_TIMESTAMP),
+    (line(event(16, ts="yesterday")), Q.BAD_TIMESTAMP),
+    (line(event(17, ts="1999-03-01T00:00:00Z")), Q.TIMESTAMP_OUT_OF_WINDOW),
+    (line(event(18, ts=4102444800000)), Q.TIMESTAMP_OUT_OF_WINDOW),  # 2100
+    (line(event(19, event_type="page_view")), Q.UNKNOWN_EVENT_TYPE),
+    (line(event(20, price=-12.5)), Q.NEGATIVE_PRICE),
+    (line(event(21, price=float("nan"))), Q.INVALID_NUMBER),
+    (line(event(22, price=float("inf"))), Q.INVALID_NUMBER),
+    (line(event(23, quantity="NaN")), Q.INVALID_NUMBER),
+    # the first failing check wins: missing field and negative price -> missing_required_field
+    (line(event(24, user_id=..., price=-1)), Q.MISSING_FIELD),
+]
+DAY1_GZIP: list[tuple[bytes, str | None]] = [
+    (line(event(30, event_type="impression", price=..., quantity=...)), None),
+    (line(event(31, event_type="click", price=None, quantity=None)), None),
+]
+DAY2_PLAIN: list[tuple[bytes, str | None]] = [
+    (line(event(40, ts="2026-10-02T09:00:00Z")), None),
+    (line(event(41, ts="2026-10-01T23:59:00Z")), None),  # late arrival: written a day later
+    (line(event(42, ts="2026-10-02T09:00:00Z", event_type="teleport")), Q.UNKNOWN_EVENT_TYPE),
+]
+FILES = {
+    f"events/dt={DAY1}/part-00000.jsonl": DAY1_PLAIN,
+    f"events/dt={DAY1}/part-00001.jsonl.gz": DAY1_GZIP,
+    f"events/dt={DAY2}/part-00000.jsonl": DAY2_PLAIN,
+}
+
+
+def write_raw(root: Path) -> None:
+    for relative, lines in FILES.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = b"".join(text + b"\n" for text, _ in lines)
+        path.write_bytes(gzip.compress(data) if relative.endswith(".gz") else data)
+
+
+def expected_reasons() -> dict[tuple[str, int], str | None]:
+    return {
+        (relative.split("/", 1)[1], number): reason
+        for relative, lines in FILES.items()
+        for number, (_, reason) in enumerate(lines, start=1)
+    }
+
+
+def location(source_file: str) -> str:
+    """'dt=.../part-...' from an absolute source file URI."""
+    return "/".join(source_file.split("/")[-2:])
+
+
+@pytest.fixture(scope="module")
+def ingested(
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Lake, Path, BronzeResult]:
+    root = tmp_path_factory.mktemp("bronze")
+    write_raw(root / "raw")
+    lake = Lake(str(root / "lake"), row_group_bytes=64 * 1024)
+    result = run_bronze(spark, lake, str(root / "raw"), CFG, run_id="test-bronze")
+    return lake, root, result
+
+
+def test_reconciliation_holds_exactly(ingested: tuple[Lake, Path, BronzeResult]) -> None:
+    lake, _, result = ingested
+    total = sum(len(lines) for lines in FILES.values())
+    good = sum(reason is None for lines in FILES.values() for _, reason in lines)
+    assert result.lines_read == total
+    assert (result.events, result.quarantined) == (good, total - good)
+    assert lake.read_arrow("bronze/events").num_rows == good
+    assert lake.read_arrow("bronze/quarantine").num_rows == total - good
+
+
+def test_every_line_lands_under_its_reason_code(ingested: tuple[Lake, Path, BronzeResult]) -> None:
+    lake, _, result = ingested
+    quarantine = lake.read_arrow("bronze/quarantine").to_pylist()
+    events = lake.read_arrow("bronze/events").to_pylist()
+    got: dict[tuple[str, int], str | None] = {
+        (location(r["source_file"]), r["source_line"]): r["reason"] for r in quarantine
+    }
+    got.update({(location(r["source_file"]), r["source_line"]): None for r in events})
+    assert got == expected_reasons()
+    assert set(result.by_reason) == {code.value for code in Q}, "every code is exercised"
+
+
+def test_quarantine_keeps_raw_text_and_a_detail(ingested: tuple[Lake, Path, BronzeResult]) -> None:
+    lake, _, _ = ingested
+    rows = {
+        (location(r["source_file"]), r["source_line"]): r
+        for r in lake.read_arrow("bronze/quarantine").to_pylist()
+    }
+    raw = dict(zip(expected_reasons(), _all_lines(), strict=True))
+    for key, row in rows.items():
+        if row["reason"] == Q.INVALID_ENCODING:
+            assert base64.b64decode(row["raw_line"]) == raw[key]
+        else:
+            assert row["raw_line"].encode() == raw[key]
+        assert row["detail"], f"{key} has no detail"
+        assert row["ingest_dt"] == key[0][3:13]
+    wrong = rows[(f"dt={DAY1}/part-00000.jsonl", 15)]
+    assert wrong["detail"] == "wrong type: position=STRING"
+
+
+def _all_lines() -> list[bytes]:
+    return [text for lines in FILES.values() for text, _ in lines]
+
+
+def test_events_are_typed_with_source_and_days(ingested: tuple[Lake, Path, BronzeResult]) -> None:
+    lake, _, _ = ingested
+    events = {r["event_id"]: r for r in lake.read_arrow("bronze/events").to_pylist()}
+    first = events["e1"]
+    assert first["ts"].isoformat().startswith("2026-10-01T10:00:00")
+    assert (first["position"], first["price"], first["quantity"]) == (3, 12.5, 1)
+    assert (first["dt"], first["ingest_dt"], first["source_line"]) == (DAY1, DAY1, 1)
+    epoch = events["e2"]
+    assert epoch["ts"].isoformat().startswith("2026-10-01T10:00:00.123")
+    assert epoch["session_id"] is None
+    assert events["e30"]["price"] is None and events["e31"]["event_type"] == "click"
+    late = events["e41"]
+    assert (late["dt"], late["ingest_dt"]) == (DAY1, DAY2)
+    schema = lake.read_arrow("bronze/events").schema
+    assert str(schema.field("position").type) == "int32"
+    assert str(schema.field("source_line").type) == "int64"
+
+
+def test_rerunning_a_day_replaces_exactly_its_rows(
+    spark: SparkSession, ingested: tuple[Lake, Path, BronzeResult]
+) -> None:
+    lake, root, first = ingested
+    again = run_bronze(spark, lake, str(root / "raw"), CFG, days=[DAY2])
+    assert (again.lines_read, again.events) == (len(DAY2_PLAIN), 2)
+    events = lake.read_arrow("bronze/events")
+    assert events.num_rows == first.events
+    assert len(set(events.column("event_id").to_pylist())) == first.events
+    assert lake.read_arrow("bronze/quarantine").num_rows == first.quarantined
+
+
+def test_missing_input_names_the_path_and_writes_nothing(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    with pytest.raises(RawInputError, match="nowhere/events"):
+        run_bronze(spark, lake, str(tmp_path / "nowhere"), CFG)
+    write_raw(tmp_path / "raw")
+    with pytest.raises(RawInputError, match="dt=2026-10-09"):
+        run_bronze(spark, lake, str(tmp_path / "raw"), CFG, days=["2026-10-09"])
+    assert not (tmp_path / "lake").exists()
+
+
+def test_job_exits_2_on_missing_input_and_writes_nothing(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lake_root = tmp_path / "lake"
+    argv = ["--stage", "bronze", "--set", f"lake.raw_root={tmp_path / 'absent'}"]
+    assert main([*argv, "--set", f"lake.root={lake_root}"]) == 2
+    assert not lake_root.exists()
