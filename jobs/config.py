@@ -15,6 +15,7 @@ from pydantic import Field
 from feature_engineering.config import FeatureConfig
 from mtl_model.config import ModelConfig, TrainConfig
 from mtl_model.run_config import TrainRunConfig
+from mtl_model.scoring_config import ScoringConfig
 from mtlrec.config import (
     ConfigError,
     LakeConfig,
@@ -35,6 +36,7 @@ class PipelineConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     run: TrainRunConfig = Field(default_factory=TrainRunConfig)
+    score: ScoringConfig = Field(default_factory=ScoringConfig)
 
 
 def load_pipeline_config(args: argparse.Namespace) -> PipelineConfig:

@@ -1,0 +1,110 @@
+"""Score feature rows with a model artifact inside Spark Python workers.
+
+The driver reads the artifact's bytes once and broadcasts them; each Python worker
+rebuilds the model the first time it needs it and keeps it in a module-level cache
+keyed by model version, so a worker that runs many tasks loads the model once.
+:class:`FrameScorer` is the ``mapInPandas`` function: it re-cuts the incoming
+frames into batches of ``batch_size`` rows, turns the feature columns into tensors
+exactly as training does (``mtl_model.streaming.to_tensors``) and returns the ids
+with one ``score_<task>`` column per task (``predict``: unconditional
+probabilities for binary tasks, values for regression tasks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mtl_model.architectures import MultiTaskModel
+from mtl_model.artifact import ModelArtifact, load_artifact
+from mtl_model.streaming import BatchColumns, to_tensors
+from mtlrec.feature_spec import FeatureSpec
+
+SCORE_PREFIX = "score_"
+_MODELS: dict[str, MultiTaskModel] = {}
+
+
+def model_version_of(payload: bytes) -> str:
+    """The default model version: the first 12 hex digits of the artifact's sha256."""
+    return hashlib.sha256(payload).hexdigest()[:12]
+
+
+def artifact_from_bytes(payload: bytes) -> ModelArtifact:
+    """``load_artifact`` on bytes (it reads a file, with ``weights_only=True``)."""
+    with tempfile.TemporaryDirectory(prefix="mtlrec-model-") as directory:
+        path = Path(directory) / "model.pt"
+        path.write_bytes(payload)
+        return load_artifact(path)
+
+
+def feature_columns(spec: FeatureSpec) -> BatchColumns:
+    """The training batch contract's feature columns (labels left out: scoring has none)."""
+    columns = BatchColumns.from_spec(spec)
+    labels = set(spec.label_columns())
+    return dataclasses.replace(
+        columns, float32=tuple(c for c in columns.float32 if c not in labels)
+    )
+
+
+def score_columns(spec: FeatureSpec) -> list[str]:
+    return [f"{SCORE_PREFIX}{task.name}" for task in spec.tasks]
+
+
+def predict_frame(
+    model: MultiTaskModel, frame: pd.DataFrame, columns: BatchColumns
+) -> pd.DataFrame:
+    """``score_<task>`` (float64) for every row of ``frame``, one forward pass."""
+    batch = to_tensors({name: frame[name].to_numpy() for name in columns.names()}, columns)
+    with torch.no_grad():
+        predictions = model.predict(batch)  # type: ignore[arg-type]
+    return pd.DataFrame(
+        {
+            f"{SCORE_PREFIX}{task}": predictions[task].to(torch.float64).numpy()
+            for task in model.task_names
+        },
+        index=frame.index,
+    )
+
+
+def _cached_model(version: str, payload: Any, threads: int) -> MultiTaskModel:
+    model = _MODELS.get(version)
+    if model is None:
+        torch.set_num_threads(threads)
+        # Reading the broadcast's value happens here only, once per worker and version.
+        model = artifact_from_bytes(payload.value).build()
+        _MODELS.clear()  # one model per worker: a new version replaces the old one
+        _MODELS[version] = model
+    return model
+
+
+@dataclass(frozen=True)
+class FrameScorer:
+    """The ``mapInPandas`` function: ids plus ``score_<task>`` for every incoming row.
+
+    ``payload`` is a Spark ``Broadcast`` of the artifact's bytes (typed loosely so
+    this module does not import Spark).
+    """
+
+    version: str
+    payload: Any
+    columns: BatchColumns
+    id_columns: tuple[str, ...]
+    batch_size: int
+    torch_threads: int
+
+    def __call__(self, frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = _cached_model(self.version, self.payload, self.torch_threads)
+        for frame in frames:
+            for start in range(0, len(frame), self.batch_size):
+                chunk = frame.iloc[start : start + self.batch_size]
+                scores = predict_frame(model, chunk, self.columns)
+                ids = chunk[list(self.id_columns)].reset_index(drop=True)
+                yield pd.concat([ids, scores.reset_index(drop=True)], axis=1)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole pipeline on the embedded synthetic log, on this machine:
+# generate raw logs -> bronze/silver/gold Delta tables -> Ray training -> batch scoring -> report.
+# Extra arguments go to every job (e.g. --set generator.num_users=500). Re-running starts over.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+# spark-submit starts Python workers with $PYSPARK_PYTHON: the venv, not the system python3.
+export PYSPARK_PYTHON="$PWD/.venv/bin/python"
+export RAY_DISABLE_USAGE_STATS=1
+CONFIG="${MTLREC_CONFIG:-cluster_configs/local.yaml}"
+SUBMIT=(.venv/bin/spark-submit --master "local[*]" --driver-memory 4g)
+
+echo "== 1/5 generate the synthetic log"
+"$PY" -m jobs.generate_logs --config "$CONFIG" --overwrite "$@"
+echo "== 2/5 feature jobs: bronze, silver, gold"
+"${SUBMIT[@]}" jobs/build_features.py --stage all --config "$CONFIG" "$@"
+echo "== 3/5 train (Ray Train + Petastorm)"
+rm -rf runs/demo  # a run name that exists would be resumed, not retrained
+"$PY" -m jobs.train --config "$CONFIG" --set run.name=demo "$@"
+echo "== 4/5 score users"
+# The demo scores the held-out test day so the report can measure recommendations against
+# what users really bought; in production the default date (the day after the data) is used.
+TEST_DAY="$("$PY" -c 'import argparse, sys
+from feature_engineering.spec import read_latest_spec
+from jobs.config import load_pipeline_config
+from mtlrec.config import add_config_arguments
+from mtlrec.lake import Lake
+parser = argparse.ArgumentParser()
+add_config_arguments(parser)
+cfg = load_pipeline_config(parser.parse_known_args()[0])
+print(read_latest_spec(Lake.from_config(cfg.lake)).test_days[-1])' --config "$CONFIG" "$@")"
+"${SUBMIT[@]}" jobs/score_users.py --config "$CONFIG" --model runs/demo/model.pt \
+  --date "$TEST_DAY" "$@"
+echo "== 5/5 offline evaluation report"
+"$PY" -m jobs.report --config "$CONFIG" --run runs/demo "$@"

@@ -1,0 +1,235 @@
+"""A tiny end-to-end pipeline for the scoring and report tests, built once per process.
+
+Generator -> ``jobs.build_features --stage all`` (the real jobs) -> a small model trained
+in-process with ``mtl_model.loop`` on rows read through ``Lake.read_arrow`` (Ray is not
+needed to get weights) -> run directories laid out as ``finalize_run`` writes them
+(model.pt, metrics.json, config.json): one MMoE run and one single-task baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from jobs.build_features import main as build_features
+from jobs.config import PipelineConfig
+from jobs.generate_logs import main as generate_logs
+from jobs.score_users import main as score_users
+from mtl_model.architectures import build_model
+from mtl_model.artifact import artifact_from_model, save_artifact
+from mtl_model.config import ModelConfig, TrainConfig
+from mtl_model.features import Batch
+from mtl_model.loop import evaluate, fit
+from mtl_model.ray_train import EXAMPLES_TABLE, RunConfigBundle
+from mtl_model.run_config import TrainRunConfig
+from mtl_model.streaming import BatchColumns, StreamBatch, to_tensors
+from mtlrec.config import RayConfig, load_config
+from mtlrec.feature_spec import FeatureSpec
+from mtlrec.lake import Lake
+
+GENERATOR = [
+    "generator.num_users=150",
+    "generator.num_items=80",
+    "generator.num_days=5",
+    "generator.processes=1",
+    "generator.seed=5",
+    # Denser funnel than the default so a 150-user log has purchases on every day.
+    "generator.rates.click=0.08",
+    "generator.rates.add_to_cart_given_click=0.4",
+    "generator.rates.purchase_given_click=0.25",
+]
+FEATURES = [
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "features.gold.shuffle_partitions=2",
+    "features.gold.text.encoder_partitions=1",
+    "lake.row_group_bytes=65536",
+]
+SCORING = [
+    "score.top_k=5",
+    "score.candidates.per_user=12",
+    "score.candidates.items_per_category=4",
+    "score.candidates.recent_items=4",
+    "score.active_days=4",
+    "score.report.k=5",
+    "score.batch_size=64",  # several batches per Arrow frame: exercises the re-cutting
+]
+MODEL = [
+    "model.embedding_dim=4",
+    "model.bottom_hidden=[16]",
+    "model.expert_hidden=[16]",
+    "model.num_experts=2",
+    "model.tower_hidden=[8]",
+    "train.epochs=3",
+    "train.lr=0.01",
+    "train.batch_size=256",
+    "train.eval_batch_size=1024",
+    "train.schedule.warmup_steps=2",
+]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    root: Path
+    overrides: list[str]
+    cfg: PipelineConfig
+    lake: Lake
+    spec: FeatureSpec
+    runs: dict[str, Path]  # architecture -> run directory
+
+    def cli(self) -> list[str]:
+        """``--set`` arguments that point any job at this pipeline."""
+        return [arg for item in self.overrides for arg in ("--set", item)]
+
+    def model(self, architecture: str = "mmoe") -> Path:
+        return self.runs[architecture] / "model.pt"
+
+
+_BUILT: dict[str, Pipeline] = {}
+
+
+def pipeline(root: Path) -> Pipeline:
+    """The pipeline under ``root`` on first call; the same object afterwards."""
+    if "pipeline" not in _BUILT:
+        _BUILT["pipeline"] = _build(root)
+    return _BUILT["pipeline"]
+
+
+def _build(root: Path) -> Pipeline:
+    overrides = [
+        f"lake.root={root / 'lake'}",
+        f"lake.raw_root={root / 'raw'}",
+        f"generator.truth_root={root / 'truth'}",
+        f"run.storage_path={root / 'runs'}",
+        *GENERATOR,
+        *FEATURES,
+        *SCORING,
+        *MODEL,
+    ]
+    cli = [arg for item in overrides for arg in ("--set", item)]
+    assert generate_logs(cli) == 0
+    assert build_features(["--stage", "all", *cli]) == 0
+    cfg = load_config(PipelineConfig, None, overrides)
+    lake = Lake.from_config(cfg.lake)
+    spec = FeatureSpec.from_json(_latest_spec_json(lake))
+    runs = {
+        architecture: _train_run(lake, spec, cfg, architecture, root / "runs" / architecture)
+        for architecture in ("mmoe", "single_task")
+    }
+    return Pipeline(root, overrides, cfg, lake, spec, runs)
+
+
+def _latest_spec_json(lake: Lake) -> str:
+    rows = lake.read_arrow("gold/feature_spec").to_pylist()
+    return str(max(rows, key=lambda r: r["created_at"])["spec_json"])
+
+
+def split_batches(
+    lake: Lake, spec: FeatureSpec, split: str, batch_size: int, seed: int | None = None
+) -> Iterator[StreamBatch]:
+    """A split of gold/examples as batches: shuffled, for training, when ``seed`` is given;
+    else in table order with ``user_id`` (evaluation's GAUC groups)."""
+    columns = BatchColumns.from_spec(spec, id_columns=["user_id"] if seed is None else [])
+    table: pa.Table = lake.read_arrow(
+        EXAMPLES_TABLE, filters=[("split", "=", split)], columns=columns.names()
+    )
+    data = {name: table.column(name).to_numpy() for name in columns.names()}
+    order = np.arange(table.num_rows)
+    if seed is not None:
+        np.random.default_rng(seed).shuffle(order)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield to_tensors({k: v[rows] for k, v in data.items()}, columns)
+
+
+def _train_run(
+    lake: Lake, spec: FeatureSpec, cfg: PipelineConfig, architecture: str, run_dir: Path
+) -> Path:
+    torch.manual_seed(0)
+    model_cfg: ModelConfig = cfg.model.model_copy(update={"architecture": architecture})
+    train_cfg: TrainConfig = cfg.train
+    model = build_model(spec, model_cfg)
+
+    def train_batches(epoch: int) -> Iterable[Batch]:
+        # Training batches hold tensors only (no id columns).
+        return cast(
+            Iterable[Batch], split_batches(lake, spec, "train", train_cfg.batch_size, epoch)
+        )
+
+    result = fit(
+        model,
+        train_batches,
+        lambda: split_batches(lake, spec, "val", train_cfg.eval_batch_size),
+        spec,
+        train_cfg,
+        steps_per_epoch=8,
+    )
+    test = evaluate(model, split_batches(lake, spec, "test", train_cfg.eval_batch_size), spec)
+    # finalize_run's layout: epoch records with train/ and val/ keys; final = the best
+    # epoch's record plus the test split's metrics under test/.
+    history = [
+        {k if k == "epoch" or k.startswith("train/") else f"val/{k}": v for k, v in r.items()}
+        for r in result.history
+    ]
+    metrics = {**history[result.best_epoch], **{f"test/{k}": v for k, v in test.items()}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_artifact(
+        artifact_from_model(model, spec, model_cfg, metrics, train_cfg), run_dir / "model.pt"
+    )
+    (run_dir / "metrics.json").write_text(
+        json.dumps(
+            {
+                "final": metrics,
+                "best_epoch": result.best_epoch,
+                "history": history,
+                "table_versions": {EXAMPLES_TABLE: lake.version(EXAMPLES_TABLE)},
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    bundle = RunConfigBundle(model_cfg, train_cfg, TrainRunConfig(), RayConfig())
+    (run_dir / "config.json").write_text(bundle.to_json())
+    return run_dir
+
+
+@dataclass(frozen=True)
+class ScoringRun:
+    day: str
+    model_version: str
+    exit_code: int
+    last_line: str
+
+
+_SCORED: dict[str, ScoringRun] = {}
+
+
+def run_job(job: Callable[[list[str]], int], argv: list[str]) -> tuple[int, str]:
+    """Run a job's main in-process; returns its exit code and the last line it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = job(argv)
+    lines = out.getvalue().strip().splitlines()
+    return code, lines[-1] if lines else ""
+
+
+def score_test_day(built: Pipeline) -> ScoringRun:
+    """``jobs.score_users`` with the MMoE model for the first test day, once per process."""
+    if "mmoe" not in _SCORED:
+        day = built.spec.test_days[0]
+        code, last = run_job(
+            score_users, ["--model", str(built.model()), "--date", day, *built.cli()]
+        )
+        version = hashlib.sha256(built.model().read_bytes()).hexdigest()[:12]
+        _SCORED["mmoe"] = ScoringRun(day, version, code, last)
+    return _SCORED["mmoe"]
