@@ -28,7 +28,7 @@ from jobs.config import PipelineConfig, load_pipeline_config
 from mtlrec.config import ConfigError, add_config_arguments
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger
-from mtlrec.spark import get_spark
+from mtlrec.spark import JavaNotFoundError, get_spark
 
 STAGES = ("bronze", "silver", "gold", "all")
 _log = get_logger("build_features")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_stages(stage: str, cfg: PipelineConfig, days: list[str] | None, run_id: str) -> None:
-    spark = get_spark(cfg.spark)
+    spark = get_spark(cfg.spark, cfg.lake)
     lake = Lake.from_config(cfg.lake)
     raw_root = cfg.lake.raw_root
     if stage in ("bronze", "all"):
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         run_stages(args.stage, cfg, args.days, run_id)
     except (RawInputError, SilverInputError) as exc:
         _log.error("input error: %s", exc)
+        return 2
+    except JavaNotFoundError as exc:
+        print(f"build_features: {exc}", file=sys.stderr)
         return 2
     except ReconciliationError as exc:
         _log.error("%s", exc)

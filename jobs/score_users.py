@@ -63,7 +63,7 @@ from mtlrec.config import add_config_arguments
 from mtlrec.feature_spec import FeatureSpec
 from mtlrec.lake import Lake, validate_table_name
 from mtlrec.log import get_logger, log_stage
-from mtlrec.spark import get_spark
+from mtlrec.spark import JavaNotFoundError, get_spark
 
 EVENTS_TABLE = "silver/events"
 ITEMS_TABLE = "silver/items"
@@ -337,7 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"score_users: {exc}", file=sys.stderr)
         return 2
     _log.info("scoring day %s with %s (model_version %s)", plan.day, args.model, plan.model_version)
-    spark = get_spark(cfg.spark, cfg.lake)
+    try:
+        spark = get_spark(cfg.spark, cfg.lake)
+    except JavaNotFoundError as exc:
+        print(f"score_users: {exc}", file=sys.stderr)
+        return 2
     users = users_to_score(spark, lake, plan.day, cfg.score.active_days, args.users).persist()
     try:
         user_count = users.count()

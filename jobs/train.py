@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
 
 _log = get_logger("jobs.train")
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -114,11 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         newest_readable_checkpoint,
         resolve_inputs,
         run_training,
+        train_rows_for,
     )
 
     ray_cfg = cfg.ray.model_copy(update={"address": args.ray_address or cfg.ray.address})
     bundle = RunConfigBundle(cfg.model, cfg.train, cfg.run, ray_cfg)
     run_name = args.resume or cfg.run.name or f"mtl-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    if not _RUN_NAME.fullmatch(run_name):
+        # The name is a directory under run.storage_path: nothing may point outside it.
+        print(
+            f"train: invalid run name {run_name!r}: use letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit)",
+            file=sys.stderr,
+        )
+        return 2
     # Local runs resolve to an absolute path; object-store runs (s3://...) are written by
     # Ray's storage layer, and the driver's outputs go to a local mirror of the run.
     storage = cfg.run.storage_path
@@ -132,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         _log.info("resuming %s from %s", run_name, resume_from.path)
 
     lake = Lake.from_config(cfg.lake)
-    versions = resolve_inputs(lake, cfg.run).table_versions
+    try:  # missing tables, an empty split, too few row groups: one line, before Ray starts
+        inputs = resolve_inputs(lake, cfg.run)
+        train_rows_for(inputs, ray_cfg.num_workers)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+    versions = inputs.table_versions
     init_ray(ray_cfg)
     _log.info(
         "run %s: %s on %d %s worker(s), %d epoch(s)",

@@ -53,6 +53,7 @@ from mtl_model.loop import (
 )
 from mtl_model.losses import build_weighting
 from mtl_model.run_config import TrainRunConfig
+from mtl_model.shards import list_row_groups
 from mtl_model.streaming import BatchColumns, ShardStream, StreamSettings
 from mtl_model.transfer import warm_start
 from mtlrec.config import RayConfig
@@ -103,6 +104,22 @@ def resolve_inputs(lake: Lake, run_cfg: TrainRunConfig) -> RunInputs:
         table_versions={EXAMPLES_TABLE: version, SPEC_TABLE: lake.version(SPEC_TABLE)},
         storage_options=dict(lake.storage_options),
     )
+
+
+def train_rows_for(inputs: RunInputs, num_workers: int) -> int:
+    """Rows of the train split; raises when some rank would get no row group.
+
+    Ranks train for the MIN of their batch counts (DDP must not hang on unequal shards),
+    so one rank without a row group would make every rank train zero steps, silently.
+    """
+    groups = list_row_groups(inputs.files["train"], storage_options=inputs.storage_options)
+    if len(groups) < num_workers:
+        raise ValueError(
+            f"{EXAMPLES_TABLE} split=train has {len(groups)} row group(s) for {num_workers} "
+            "workers, so some workers would get no rows: rewrite it with a smaller "
+            "lake.row_group_bytes or train with fewer ray.num_workers"
+        )
+    return sum(group.num_rows for group in groups)
 
 
 # ---------------------------------------------------------------------- worker side
@@ -200,14 +217,12 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     start_epoch = 0
 
     # A worker-group restart within this run gets Ray's latest checkpoint; a resumed run
-    # (``jobs.train --resume``) starts from the checkpoint the driver chose.
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop_config.get("resume_from"):
-        checkpoint = Checkpoint(loop_config["resume_from"])
-    state: dict[str, Any] | None = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    # (``jobs.train --resume``) also gets the checkpoint the driver chose.
+    resume_from = loop_config.get("resume_from")
+    state = _latest_loadable_state(
+        [ray.train.get_checkpoint(), Checkpoint(resume_from) if resume_from else None]
+    )
+    if state is not None:
         core.load_state_dict(state["model"])
         weighting.load_state_dict(state["weighting"])
         start_epoch = int(state["epoch"]) + 1
@@ -302,6 +317,29 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     )
 
 
+def _latest_loadable_state(candidates: list[Checkpoint | None]) -> dict[str, Any] | None:
+    """The training state of the latest epoch among the candidates that load.
+
+    Ray restores its newest registered checkpoint on a worker-group restart, and also
+    when a stopped run is resumed under the same name; that one can be the corrupt
+    checkpoint the driver skipped (``newest_readable_checkpoint``), so an unreadable
+    candidate is passed over for the driver's choice.
+    """
+    latest: dict[str, Any] | None = None
+    for checkpoint in candidates:
+        if checkpoint is None:
+            continue
+        try:
+            with checkpoint.as_directory() as directory:
+                state = load_checkpoint_state(directory)
+        except Exception as exc:  # a truncated or garbled file
+            _log.warning("checkpoint %s is unreadable (%s); skipping it", checkpoint.path, exc)
+            continue
+        if latest is None or int(state["epoch"]) > int(latest["epoch"]):
+            latest = state
+    return latest
+
+
 def _evaluate_split(
     model: torch.nn.Module,
     inputs: RunInputs,
@@ -363,7 +401,7 @@ def run_training(
 ) -> ray.train.Result:
     """Launch ``worker_loop`` on ``bundle.ray.num_workers`` workers and wait for it."""
     inputs = resolve_inputs(lake, bundle.run)
-    train_rows = _rows_in(inputs.files["train"])
+    train_rows = train_rows_for(inputs, bundle.ray.num_workers)
     steps_per_epoch = max(1, train_rows // (bundle.train.batch_size * bundle.ray.num_workers))
     trainer = TorchTrainer(
         worker_loop,
@@ -390,18 +428,6 @@ def run_training(
         ),
     )
     return trainer.fit()
-
-
-def _rows_in(files: list[str]) -> int:
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    total = 0
-    for uri in files:
-        filesystem, path = pafs.FileSystem.from_uri(uri)
-        with filesystem.open_input_file(path) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
 
 
 def _absolute(path: str) -> str:

@@ -14,6 +14,7 @@ Spark and Ray sections, and the loader.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,12 +92,19 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+_SECRET_FIELD = re.compile(r"secret|token|passw|credential|access[_.-]?key", re.IGNORECASE)
+
+
 def _format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+        parts = [str(part) for part in item["loc"]]
+        field = ".".join(parts) or "<root>"
         if item["type"] == "extra_forbidden":
             lines.append(f"  {field}: unknown key")
+        elif "storage_options" in parts or any(_SECRET_FIELD.search(p) for p in parts):
+            # The rejected value may be a credential: name the field, never echo the value.
+            lines.append(f"  {field}: {item['msg']} (value hidden)")
         else:
             lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

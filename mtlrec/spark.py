@@ -9,7 +9,9 @@ listens beyond localhost by default.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -21,6 +23,21 @@ from mtlrec.storage import LakeStorage
 def launched_by_spark_submit() -> bool:
     """spark-submit starts the JVM first and hands its gateway to the Python driver."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+class JavaNotFoundError(RuntimeError):
+    """Spark needs a Java runtime (>= 17) and none was found."""
+
+
+def _check_java() -> None:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and Path(java_home, "bin", "java").exists():
+        return
+    if shutil.which("java") is None:
+        raise JavaNotFoundError(
+            "Java >= 17 is required by Spark and none was found (no JAVA_HOME, no java on "
+            "PATH); on Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless"
+        )
 
 
 def _submitted_conf() -> SparkConf:
@@ -35,6 +52,8 @@ def _submitted_conf() -> SparkConf:
 def get_spark(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
     """The session for a job; ``lake`` adds the object-store settings its root needs."""
     submitted = launched_by_spark_submit()
+    if not submitted:
+        _check_java()
     builder = SparkSession.builder.appName(cfg.app_name)
     defaults = {
         "spark.sql.session.timeZone": "UTC",
