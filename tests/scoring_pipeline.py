@@ -52,7 +52,9 @@ FEATURES = [
     "spark.master=local[2]",
     "spark.shuffle_partitions=2",
     "features.gold.shuffle_partitions=2",
-    "features.gold.text.encoder_partitions=1",
+    # The text encoder is covered by tests/test_gold_pipeline.py; here it would only add
+    # minutes of model loading to every scoring and report test.
+    "features.gold.text.enabled=false",
     "lake.row_group_bytes=65536",
 ]
 SCORING = [
