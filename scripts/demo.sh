@@ -21,16 +21,12 @@ rm -rf runs/demo  # a run name that exists would be resumed, not retrained
 echo "== 4/5 score users"
 # The demo scores the held-out test day so the report can measure recommendations against
 # what users really bought; in production the default date (the day after the data) is used.
-TEST_DAY="$("$PY" -c 'import argparse, sys
-from feature_engineering.spec import read_latest_spec
-from jobs.config import load_pipeline_config
-from mtlrec.config import add_config_arguments
-from mtlrec.lake import Lake
-parser = argparse.ArgumentParser()
-add_config_arguments(parser)
-cfg = load_pipeline_config(parser.parse_known_args()[0])
-print(read_latest_spec(Lake.from_config(cfg.lake)).test_days[-1])' --config "$CONFIG" "$@")"
+TEST_DAY="$("$PY" scripts/lake_info.py test-day --config "$CONFIG" "$@")"
 "${SUBMIT[@]}" jobs/score_users.py --config "$CONFIG" --model runs/demo/model.pt \
   --date "$TEST_DAY" "$@"
 echo "== 5/5 offline evaluation report"
 "$PY" -m jobs.report --config "$CONFIG" --run runs/demo "$@"
+echo
+echo "== done"
+echo "recommendations: $("$PY" scripts/lake_info.py table-uri gold/recommendations --config "$CONFIG" "$@") (Delta table)"
+echo "report:          runs/demo/report/report.html (summary: runs/demo/report/summary.md)"

@@ -1,4 +1,4 @@
-"""The second raw mapping end to end: a behaviour-log CSV through bronze and silver.
+"""The second raw mapping end to end: a behaviour-log CSV through bronze, silver and gold.
 
 Runs jobs/build_features.py (its ``main``) with cluster_configs/behavior_csv.yaml on
 tests/data/behavior_csv, a small file of the form
@@ -33,8 +33,8 @@ EXPECTED_QUARANTINE = {
     (DAY1, 21): Q.TIMESTAMP_OUT_OF_WINDOW,  # epoch second 1 = 1970
     (DAY1, 22): Q.UNKNOWN_EVENT_TYPE,  # 'share'
 }
-LINES = 30
-CLICKS = 14  # pv lines that survive dedup (two re-deliveries of one pv line)
+LINES = 34
+CLICKS = 17  # pv lines that survive dedup (two re-deliveries of one pv line)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,9 @@ def built(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Lake
     ]  # fmt: skip
     assert main(["--stage", "bronze", *common]) == 0
     assert main(["--stage", "silver", *common]) == 0
+    # Three days: train 11-25, val 11-26, test 11-27. The catalog has no titles, so the
+    # text encoder (exercised by the gold tests) is off here.
+    assert main(["--stage", "gold", *common, "--set", "features.gold.text.enabled=false"]) == 0
     return Lake(str(lake_root))
 
 
@@ -103,3 +106,26 @@ def test_silver_sessions_catalog_and_counts(built: Lake) -> None:
     items = built.read_arrow("silver/items").to_pylist()
     assert {r["item_id"]: r["category_l1"] for r in items}["101"] == "10"
     assert len(items) == 12
+
+
+def test_gold_examples_carry_the_labels_of_the_stages_the_log_has(built: Lake) -> None:
+    examples = built.read_arrow("gold/examples").to_pylist()
+    assert {row["split"] for row in examples} == {"train", "val", "test"}
+    silver = built.read_arrow("silver/events").to_pylist()
+    impressions = [e for e in silver if e["event_type"] == "impression"]
+    assert len(examples) == len(impressions), "one example per synthesized impression"
+    clicks = sum(1 for e in silver if e["event_type"] == "click")
+    assert sum(row["label_click"] for row in examples) == clicks
+    # user 1 views then carts item 100 on 11-27: that impression is a click and a cart
+    carted = [
+        r
+        for r in examples
+        if r["user_id"] == "1"
+        and r["item_id"] == "100"
+        and r["dt"] == "2017-11-27"
+        and r["label_click"] == 1
+    ]
+    assert carted and all(r["label_add_to_cart"] == 1 for r in carted)
+    # purchases follow clicks: a purchase label never stands without its click
+    assert all(r["label_click"] == 1 for r in examples if r["label_purchase"] == 1)
+    assert sum(r["label_purchase"] for r in examples) >= 1

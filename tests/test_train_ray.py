@@ -32,6 +32,7 @@ from mtlrec.lake import Lake
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
+BINARY_TASKS = ("click", "add_to_cart", "purchase")
 SPLIT_DAYS = {
     "train": ["2026-10-01", "2026-10-02", "2026-10-03"],
     "val": ["2026-10-04"],
@@ -40,9 +41,12 @@ SPLIT_DAYS = {
 
 
 def _write_examples(lake_root: Path, rows_per_day: int = 8000) -> dict[str, float]:
-    """Funnel rows by day and split; returns the oracle's test AUC for click."""
+    """Funnel rows by day and split; returns test AUCs of the oracle (``click``) and of an
+    item-popularity baseline (``popularity/<task>``: each item's train-day label rate)."""
     lake = Lake(str(lake_root), row_group_bytes=16 * 1024)
     oracle_auc: dict[str, float] = {}
+    train_items: list[np.ndarray] = []
+    train_labels: dict[str, list[np.ndarray]] = {t: [] for t in BINARY_TASKS}
     spec = None
     for offset, (split, day) in enumerate(
         (split, day) for split, days in SPLIT_DAYS.items() for day in days
@@ -54,10 +58,23 @@ def _write_examples(lake_root: Path, rows_per_day: int = 8000) -> dict[str, floa
         table = pa.table(columns).append_column("split", pa.array([split] * rows_per_day))
         table = table.append_column("dt", pa.array([day] * rows_per_day))
         lake.write_arrow(table, "gold/examples", partition_by=["split", "dt"])
+        if split == "train":
+            train_items.append(columns["item"])
+            for task in BINARY_TASKS:
+                train_labels[task].append(columns[task])
         if split == "test":
             oracle_auc["click"] = float(
                 roc_auc_score(data.batch["click"].numpy(), data.oracle["click"].numpy())
             )
+            items = np.concatenate(train_items)
+            for task in BINARY_TASKS:
+                labels = np.concatenate(train_labels[task])
+                hits = np.bincount(items, weights=labels, minlength=columns["item"].max() + 1)
+                shown = np.bincount(items, minlength=columns["item"].max() + 1)
+                rate = (hits + labels.mean()) / (shown + 1.0)  # smoothed item rate
+                oracle_auc[f"popularity/{task}"] = float(
+                    roc_auc_score(columns[task], rate[columns["item"]])
+                )
     assert spec is not None
     lake.write_arrow(
         pa.table(
@@ -133,8 +150,14 @@ def test_two_worker_mmoe_learns_and_one_worker_agrees(
         # of the way on click, and every binary task must beat chance clearly.
         lift = (final["test/click/auc"] - 0.5) / (oracle["click"] - 0.5)
         assert lift > 0.9, final
-        for task in ("add_to_cart", "purchase"):
+        for task in BINARY_TASKS:
             assert final[f"test/{task}/auc"] > 0.7, final
+            # Personal signal beyond what the item alone says.
+            assert final[f"test/{task}/auc"] > oracle[f"popularity/{task}"] + 0.02, (
+                task,
+                final,
+                oracle,
+            )
         assert metrics["table_versions"]["gold/examples"] >= 0
         assert len(metrics["history"]) == 3
     gap = abs(metrics_two["final"]["test/click/auc"] - metrics_one["final"]["test/click/auc"])
