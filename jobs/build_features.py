@@ -25,20 +25,13 @@ from feature_engineering.bronze import ReconciliationError, run_bronze
 from feature_engineering.raw_input import RawInputError
 from feature_engineering.silver import SilverInputError, run_silver
 from jobs.config import PipelineConfig, load_pipeline_config
-from mtlrec.config import ConfigError, add_config_arguments
+from mtlrec.config import ConfigError, add_config_arguments, iso_day
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger
 from mtlrec.spark import JavaNotFoundError, get_spark
 
 STAGES = ("bronze", "silver", "gold", "all")
 _log = get_logger("build_features")
-
-
-def _day(text: str) -> str:
-    try:
-        return dt.date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD day: {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--days",
         nargs="+",
-        type=_day,
+        type=iso_day,
         metavar="YYYY-MM-DD",
         help="only these days (bronze: ingest days; silver: event days); default: all",
     )

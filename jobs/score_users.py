@@ -59,7 +59,7 @@ from mtl_model.scoring import (
     score_columns,
 )
 from mtl_model.scoring_config import FinalScoreConfig, SlotContext
-from mtlrec.config import add_config_arguments
+from mtlrec.config import add_config_arguments, iso_day
 from mtlrec.feature_spec import FeatureSpec
 from mtlrec.lake import Lake, validate_table_name
 from mtlrec.log import get_logger, log_stage
@@ -80,13 +80,6 @@ class PartitionCheckError(RuntimeError):
     """The written partition does not hold top_k ranked rows per scored user."""
 
 
-def _day(text: str) -> str:
-    try:
-        return dt.date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD day: {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="score_users",
@@ -99,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--date",
-        type=_day,
+        type=iso_day,
         metavar="YYYY-MM-DD",
         help="scoring day: features and candidates use events before it "
         "(default: the day after the last silver/events day)",

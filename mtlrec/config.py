@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,6 +131,14 @@ def load_config(
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, str(source))) from None
+
+
+def iso_day(text: str) -> str:
+    """An argparse type for a ``YYYY-MM-DD`` day (the lake's partition format)."""
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD day: {text!r}") from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
