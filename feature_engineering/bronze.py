@@ -191,6 +191,7 @@ def classify(lines: DataFrame, fcfg: FeatureConfig, window: tuple[dt.date, dt.da
         F.lit("not valid UTF-8 or has a NUL byte; raw_line is the base64 of the bytes").alias(
             "_encoding_detail"
         ),
+        F.col("cut_detail").isNotNull().alias("_cut_short"),
         (F.col("_parse") == PARSE_TRUNCATED).alias("_truncated"),
         (F.col("_parse") == PARSE_NOT_RECORD).alias("_not_record"),
         (F.col("_parse") == PARSE_NOT_OBJECT).alias("_not_object"),
@@ -221,6 +222,8 @@ def classify(lines: DataFrame, fcfg: FeatureConfig, window: tuple[dt.date, dt.da
     )
     reason, detail = _first_failure(
         [
+            # The tail of a cut gzip stream is a truncated record whatever its bytes look like.
+            (QuarantineReason.TRUNCATED_JSON, "_cut_short", "cut_detail"),
             (QuarantineReason.INVALID_ENCODING, "_bad_encoding", "_encoding_detail"),
             (QuarantineReason.LINE_TOO_LONG, "_too_long", "_too_long_detail"),
             (QuarantineReason.TRUNCATED_JSON, "_truncated", "_parse_detail"),

@@ -162,12 +162,6 @@ def test_memory_stays_bounded_with_a_10mb_line(
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    reason="bronze bug: a gzip file cut short fails the whole run (Spark EOFException "
-    "'Unexpected end of input stream' from FAILED_READ_FILE) instead of ingesting the "
-    "recoverable lines and quarantining the cut one",
-)
 def test_truncated_gzip_member_keeps_the_recoverable_lines(
     spark: SparkSession, tmp_path: Path
 ) -> None:
