@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -131,7 +130,7 @@ def gzip_lines(data: bytes) -> Iterator[tuple[bytes, str | None]]:
         yield bytes(pending), None
 
 
-def _numbered_gzip_lines(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _numbered_gzip_lines(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: binaryFile rows (path, content) to numbered lines."""
     columns: dict[str, list[object]] = {name: [] for name in GZIP_LINES_SCHEMA.names}
 

@@ -26,7 +26,7 @@ from feature_engineering.raw_input import RawInputError
 from feature_engineering.silver import SilverInputError, run_silver
 from jobs.config import PipelineConfig, load_pipeline_config
 from mtlrec.config import ConfigError, add_config_arguments, iso_day
-from mtlrec.lake import Lake
+from mtlrec.lake import Lake, LakeError
 from mtlrec.log import get_logger
 from mtlrec.spark import JavaNotFoundError, get_spark
 
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_stages(stage: str, cfg: PipelineConfig, days: list[str] | None, run_id: str) -> None:
-    spark = get_spark(cfg.spark, cfg.lake)
     lake = Lake.from_config(cfg.lake)
+    lake.check_writable()
+    spark = get_spark(cfg.spark, cfg.lake)
     raw_root = cfg.lake.raw_root
     if stage in ("bronze", "all"):
         run_bronze(spark, lake, raw_root, cfg.features, days, run_id)
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RawInputError, SilverInputError) as exc:
         _log.error("input error: %s", exc)
         return 2
-    except JavaNotFoundError as exc:
+    except (JavaNotFoundError, LakeError) as exc:
         print(f"build_features: {exc}", file=sys.stderr)
         return 2
     except ReconciliationError as exc:

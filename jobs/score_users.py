@@ -61,7 +61,7 @@ from mtl_model.scoring import (
 from mtl_model.scoring_config import FinalScoreConfig, SlotContext
 from mtlrec.config import add_config_arguments, iso_day
 from mtlrec.feature_spec import FeatureSpec
-from mtlrec.lake import Lake, validate_table_name
+from mtlrec.lake import Lake, LakeError, validate_table_name
 from mtlrec.log import get_logger, log_stage
 from mtlrec.spark import JavaNotFoundError, get_spark
 
@@ -331,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _log.info("scoring day %s with %s (model_version %s)", plan.day, args.model, plan.model_version)
     try:
+        lake.check_writable()
         spark = get_spark(cfg.spark, cfg.lake)
-    except JavaNotFoundError as exc:
+    except (JavaNotFoundError, LakeError) as exc:
         print(f"score_users: {exc}", file=sys.stderr)
         return 2
     users = users_to_score(spark, lake, plan.day, cfg.score.active_days, args.users).persist()

@@ -100,6 +100,32 @@ class Lake:
     def from_config(cls, cfg: LakeConfig) -> Lake:
         return cls(cfg.root, cfg.storage_options, cfg.row_group_bytes)
 
+    def check_writable(self) -> None:
+        """Raise ``LakeError`` naming the root if it cannot be written; writes nothing.
+
+        Jobs call this before Spark starts, so an unwritable root is one message rather
+        than a Java traceback from deep inside a Parquet writer. A root that does not
+        exist yet is probed at its nearest existing parent, which is where the job's
+        first write will create it.
+        """
+        filesystem, path = self.storage.filesystem_for(self.root)
+        path = path.rstrip("/")
+        try:
+            if not self.storage.is_s3:  # object stores have no directories to walk
+                while (info := filesystem.get_file_info(path)).type == pafs.FileType.NotFound:
+                    path = path.rsplit("/", 1)[0] or "/"
+                if info.type != pafs.FileType.Directory:
+                    raise LakeError(
+                        f"lake.root {self.root} is not writable: {path} is not a directory"
+                    )
+            probe = f"{path.rstrip('/')}/.mtlrec-write-probe-{uuid.uuid4().hex}"
+            with filesystem.open_output_stream(probe) as out:
+                out.write(b"probe")
+            filesystem.delete_file(probe)
+        except (OSError, ValueError) as exc:
+            reason = self.storage.redact(str(exc))
+            raise LakeError(f"lake.root {self.root} is not writable: {reason}") from exc
+
     # ------------------------------------------------------------------ inspection
     def table_uri(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{validate_table_name(name)}"

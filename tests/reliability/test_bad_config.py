@@ -94,12 +94,6 @@ def test_missing_or_empty_input_exits_2_naming_the_path(layout: str, tmp_path: P
 @pytest.mark.spark
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="build_features has no up-front check of lake.root: an unwritable root fails "
-    "deep in Spark's Parquet writer with a Py4J/Java traceback instead of one message",
-)
 def test_unwritable_lake_root_fails_with_one_message(tmp_path: Path) -> None:
     from reliability.corpus import build_corpus, write_corpus
 
