@@ -154,7 +154,12 @@ class Lake:
         version: int | None = None,
         filters: Sequence[PartitionFilter] | None = None,
     ) -> list[str]:
-        """Absolute URIs of the snapshot's data files matching partition ``filters``."""
+        """Absolute URIs of the snapshot's data files matching partition ``filters``.
+
+        The path part is literal, as Hadoop and ``LakeStorage.filesystem_for`` read it:
+        the log's percent-encoding is undone once, so a hive-escaped directory such as
+        ``dt=%2Fabs`` stays as it is on disk.
+        """
         table = self.delta_table(name, version)
         base = table.table_uri.rstrip("/")
         return [f"{base}/{unquote(a['path'])}" for a in _add_actions(table, filters)]
@@ -632,7 +637,7 @@ def _removes_for(
     now = int(time.time() * 1000)
     return [
         RemoveAction(
-            path=a["path"],
+            path=unquote(a["path"]),
             data_change=True,
             deletion_timestamp=now,
             size=a["size"],

@@ -243,6 +243,11 @@ class LakeStorage:
             if not self.is_s3:
                 raise StorageError(f"{uri!r} is on S3 but lake.root {self.root!r} is not")
             return self._s3_filesystem, uri.split("://", 1)[1]
+        if scheme == "file":
+            # Literal, as Hadoop reads it: from_uri would decode a hive-escaped
+            # directory such as "dt=%2Fabs" into another path.
+            path = uri.removeprefix("file://") if uri.startswith("file://") else uri
+            return pafs.LocalFileSystem(), path.removeprefix("file:")
         return pafs.FileSystem.from_uri(uri)
 
     def petastorm_source(self, uris: Sequence[str]) -> tuple[list[str], Any]:

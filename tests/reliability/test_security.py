@@ -167,18 +167,31 @@ def test_hostile_partition_values_write_inside_the_table(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="mtlrec.lake._add_actions_for_dir puts the on-disk relative path (already "
-    "percent-encoded by the hive layout, e.g. 'dt=%2Fabs') into the Delta add action "
-    "unquoted; the log path is a URI, so readers decode it to 'dt=/abs' and open a file "
-    "that does not exist (and '..%2F' becomes '../', a path outside the file's directory)",
-)
 def test_hostile_partition_values_read_back_exactly(tmp_path: Path) -> None:
     lake = _hostile_table(tmp_path / "lake")
     back = lake.read_arrow("bronze/hostile").sort_by("id")
     assert back.column("dt").to_pylist() == HOSTILE_VALUES
+
+
+@pytest.mark.spark
+@pytest.mark.timeout(120)
+def test_hostile_partition_values_read_back_exactly_through_spark(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    lake = _hostile_table(tmp_path / "lake")
+    rows = lake.read_table(spark, "bronze/hostile").orderBy("id").collect()
+    assert [r["dt"] for r in rows] == HOSTILE_VALUES
+
+
+@pytest.mark.timeout(60)
+def test_hostile_partitions_are_replaced_exactly(tmp_path: Path) -> None:
+    lake = _hostile_table(tmp_path / "lake")
+    again = pa.table({"id": [100, 101], "dt": HOSTILE_VALUES[:2]})
+    lake.write_arrow(again, "bronze/hostile", mode="overwrite", replace_partitions="written")
+    back = lake.read_arrow("bronze/hostile").sort_by("id").to_pylist()
+    kept = [{"id": i, "dt": v} for i, v in enumerate(HOSTILE_VALUES) if i >= 2]
+    replaced = [{"id": 100, "dt": HOSTILE_VALUES[0]}, {"id": 101, "dt": HOSTILE_VALUES[1]}]
+    assert back == [*kept, *replaced]
 
 
 @pytest.mark.timeout(120)
