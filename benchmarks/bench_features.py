@@ -128,6 +128,24 @@ def compare_tables(left: pa.Table, right: pa.Table, columns: list[str]) -> tuple
     return True, worst
 
 
+def size_paths(ctx: BenchContext, target_lines: int) -> DatasetPaths:
+    """Where part 1 keeps the log and lake of one size."""
+    return DatasetPaths(ctx.part_dir("features") / f"lines_{target_lines}")
+
+
+def reusable_dataset(ctx: BenchContext) -> DatasetPaths | None:
+    """Part 1's largest size, when it is the shared dataset of parts 2-5 and its last
+    feature-job run completed (each run clears only its own size's lake first)."""
+    from mtlrec.lake import Lake
+
+    target = ctx.profile.feature_lines[-1]
+    if ctx.profile.dataset_lines != target:
+        return None
+    paths = size_paths(ctx, target)
+    lake = Lake(str(paths.lake))
+    return paths if lake.exists("gold/spec") and lake.exists("gold/examples") else None
+
+
 def _local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
@@ -145,7 +163,7 @@ def run(ctx: BenchContext) -> PartResult:
     sizes: dict[str, tuple[PipelineConfig, DatasetPaths]] = {}
     for target in profile.feature_lines:
         users = max(1, round(target / per_user))
-        paths = DatasetPaths(workdir / f"lines_{target}")
+        paths = size_paths(ctx, target)
         cfg = ctx.config(
             paths,
             generator_overrides(users, profile.generator_days),

@@ -73,9 +73,15 @@ def parse_parts(text: str) -> list[str]:
 
 
 def build_shared_dataset(ctx: BenchContext) -> DatasetPaths:
-    """Generate the log of parts 2-5 and run the feature job on it once."""
+    """Generate the log of parts 2-5 and run the feature job on it once, unless part 1 has
+    just built a dataset of the same size (its largest)."""
+    from benchmarks.bench_features import reusable_dataset
     from jobs.build_features import run_stages
 
+    reused = reusable_dataset(ctx)
+    if reused is not None:
+        ctx.log(f"shared dataset: reusing part 1's largest size ({reused.root})")
+        return reused
     profile = ctx.profile
     paths = DatasetPaths(ctx.part_dir("dataset"))
     per_user = lines_per_user(
@@ -114,12 +120,6 @@ def _failure(exc: BaseException) -> str:
     return f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{where}"
 
 
-def execution_order(parts: list[str]) -> list[str]:
-    """Parts sharing the dataset first, part 1 (the longest: nine feature-job runs) last, so a
-    run cut short still has the others' figures in results.md."""
-    return sorted(parts, key=lambda key: (key not in SHARED_DATASET_PARTS, key))
-
-
 def run_parts(
     ctx: BenchContext, parts: list[str], publish: Callable[[list[PartResult]], None]
 ) -> list[PartResult]:
@@ -132,7 +132,8 @@ def run_parts(
         return PartResult.skipped(key, runners[key][0], "still running (this run has not "
                                   "reached it yet)")
 
-    for key in execution_order(parts):
+    # In part order: part 1's largest size can then serve as the shared dataset.
+    for key in parts:
         title, runner = runners[key]
         if key in SHARED_DATASET_PARTS and ctx.dataset is None and dataset_error is None:
             try:

@@ -38,7 +38,7 @@ from benchmarks.harness import (
     render_report,
     time_interleaved,
 )
-from benchmarks.run import execution_order, parse_parts, resolve_profile
+from benchmarks.run import parse_parts, resolve_profile
 
 
 # ------------------------------------------------------------------ statistics
@@ -281,11 +281,6 @@ def test_last_epoch_metric(tmp_path: Path) -> None:
     assert last_epoch_metric(path, "train/samples_per_s") == 2.5
     with pytest.raises(KeyError, match="no 'x'"):
         last_epoch_metric(path, "x")
-
-
-def test_part_one_runs_last() -> None:
-    assert execution_order(["1", "2", "4", "5"]) == ["2", "4", "5", "1"]
-    assert execution_order(["3", "1"]) == ["3", "1"]
 
 
 def test_job_arguments_point_every_job_at_the_shared_dataset(tmp_path: Path) -> None:
