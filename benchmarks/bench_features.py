@@ -136,6 +136,8 @@ def size_paths(ctx: BenchContext, target_lines: int) -> DatasetPaths:
 def reusable_dataset(ctx: BenchContext) -> DatasetPaths | None:
     """Part 1's largest size, when it is the shared dataset of parts 2-5 and its last
     feature-job run completed (each run clears only its own size's lake first)."""
+    from feature_engineering.gold import EXAMPLES_TABLE
+    from feature_engineering.spec import SPEC_TABLE
     from mtlrec.lake import Lake
 
     target = ctx.profile.feature_lines[-1]
@@ -143,7 +145,8 @@ def reusable_dataset(ctx: BenchContext) -> DatasetPaths | None:
         return None
     paths = size_paths(ctx, target)
     lake = Lake(str(paths.lake))
-    return paths if lake.exists("gold/spec") and lake.exists("gold/examples") else None
+    # The spec row is the gold stage's last write: it marks a complete build.
+    return paths if lake.exists(SPEC_TABLE) and lake.exists(EXAMPLES_TABLE) else None
 
 
 def _local_path(uri: str) -> str:

@@ -298,3 +298,26 @@ def test_job_arguments_point_every_job_at_the_shared_dataset(tmp_path: Path) -> 
     assert "spark.shuffle_partitions=2" in sets
     with pytest.raises(RuntimeError, match="shared dataset"):
         BenchContext(ctx.profile, tmp_path, print).job_arguments()
+
+
+def test_part_one_largest_size_is_reused_only_when_complete_and_the_same_size(
+    tmp_path: Path,
+) -> None:
+    import pyarrow as pa
+
+    from benchmarks.bench_features import reusable_dataset, size_paths
+    from benchmarks.context import BenchContext
+    from feature_engineering.gold import EXAMPLES_TABLE
+    from feature_engineering.spec import SPEC_TABLE
+    from mtlrec.lake import Lake
+
+    quick = resolve_profile("quick", [])
+    ctx = BenchContext(quick, tmp_path, print)
+    largest = size_paths(ctx, quick.feature_lines[-1])
+    lake = Lake(str(largest.lake))
+    lake.write_arrow(pa.table({"x": [1]}), EXAMPLES_TABLE)
+    assert reusable_dataset(ctx) is None, "no spec row yet: the gold build did not finish"
+    lake.write_arrow(pa.table({"x": [1]}), SPEC_TABLE)
+    assert reusable_dataset(ctx) == largest
+    other = BenchContext(resolve_profile("quick", ["dataset_lines=1000"]), tmp_path, print)
+    assert reusable_dataset(other) is None
