@@ -112,6 +112,37 @@ def user_defaults(cfg: GoldConfig) -> DenseDefaults:
     return DenseDefaults(values)
 
 
+def _windowed_counts(cfg: GoldConfig) -> list[Column]:
+    """Aggregates over ``_fan_out`` rows: counts per window and event type, and the
+    impression/click/purchase sums of the rate window (read by ``_counts_and_rates``)."""
+    rw = cfg.rate_window_days
+    return [
+        *[_within(w, f"n_{t}").alias(f"n_{t}_{w}") for w in cfg.window_days for t in EVENT_TYPES],
+        _within(rw, "n_impression").alias("rate_impressions"),
+        _within(rw, "n_click").alias("rate_clicks"),
+        _within(rw, "n_purchase").alias("rate_purchases"),
+    ]
+
+
+def _counts_and_rates(prefix: str, cfg: GoldConfig) -> list[Column]:
+    """``<prefix>_log_<type>s_<w>d`` and the smoothed CTR and CVR, from ``_windowed_counts``."""
+    smoothed_ctr = _smoothed(
+        F.col("rate_clicks"), F.col("rate_impressions"), cfg.ctr_prior, cfg.prior_strength
+    )
+    smoothed_cvr = _smoothed(
+        F.col("rate_purchases"), F.col("rate_clicks"), cfg.cvr_prior, cfg.prior_strength
+    )
+    return [
+        *[
+            _log1p_float(F.col(f"n_{t}_{w}"), f"{prefix}_log_{t}s_{w}d")
+            for w in cfg.window_days
+            for t in EVENT_TYPES
+        ],
+        smoothed_ctr.cast("float").alias(f"{prefix}_ctr_smoothed"),
+        smoothed_cvr.cast("float").alias(f"{prefix}_cvr_smoothed"),
+    ]
+
+
 def user_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> DataFrame:
     """(user_id, as_of_day, dense user features) for users active in the lookback window.
 
@@ -136,14 +167,7 @@ def user_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> 
         _fan_out(daily, as_of_days, lookback)
         .groupBy("user_id", "as_of_day")
         .agg(
-            *[
-                _within(w, f"n_{t}").alias(f"n_{t}_{w}")
-                for w in cfg.window_days
-                for t in EVENT_TYPES
-            ],
-            _within(rw, "n_impression").alias("rate_impressions"),
-            _within(rw, "n_click").alias("rate_clicks"),
-            _within(rw, "n_purchase").alias("rate_purchases"),
+            *_windowed_counts(cfg),
             F.max("last_ts").alias("last_ts"),
             F.max("last_click_ts").alias("last_click_ts"),
             F.sum(F.when(F.col("age") <= rw, F.col("click_price_sum"))).alias("price_sum"),
@@ -159,19 +183,7 @@ def user_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> 
     return grouped.select(
         "user_id",
         "as_of_day",
-        *[
-            _log1p_float(F.col(f"n_{t}_{w}"), f"user_log_{t}s_{w}d")
-            for w in cfg.window_days
-            for t in EVENT_TYPES
-        ],
-        _smoothed(
-            F.col("rate_clicks"), F.col("rate_impressions"), cfg.ctr_prior, cfg.prior_strength
-        )
-        .cast("float")
-        .alias("user_ctr_smoothed"),
-        _smoothed(F.col("rate_purchases"), F.col("rate_clicks"), cfg.cvr_prior, cfg.prior_strength)
-        .cast("float")
-        .alias("user_cvr_smoothed"),
+        *_counts_and_rates("user", cfg),
         days_since("last_ts").cast("float").alias("user_days_since_last_event"),
         days_since("last_click_ts").cast("float").alias("user_days_since_last_click"),
         F.coalesce(
@@ -199,38 +211,12 @@ def item_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> 
         .groupBy("item_id", "day")
         .agg(*[_count(t).alias(f"n_{t}") for t in EVENT_TYPES])
     )
-    rw = cfg.rate_window_days
     grouped = (
         _fan_out(daily, as_of_days, cfg.lookback_days)
         .groupBy("item_id", "as_of_day")
-        .agg(
-            *[
-                _within(w, f"n_{t}").alias(f"n_{t}_{w}")
-                for w in cfg.window_days
-                for t in EVENT_TYPES
-            ],
-            _within(rw, "n_impression").alias("rate_impressions"),
-            _within(rw, "n_click").alias("rate_clicks"),
-            _within(rw, "n_purchase").alias("rate_purchases"),
-        )
+        .agg(*_windowed_counts(cfg))
     )
-    return grouped.select(
-        "item_id",
-        "as_of_day",
-        *[
-            _log1p_float(F.col(f"n_{t}_{w}"), f"item_log_{t}s_{w}d")
-            for w in cfg.window_days
-            for t in EVENT_TYPES
-        ],
-        _smoothed(
-            F.col("rate_clicks"), F.col("rate_impressions"), cfg.ctr_prior, cfg.prior_strength
-        )
-        .cast("float")
-        .alias("item_ctr_smoothed"),
-        _smoothed(F.col("rate_purchases"), F.col("rate_clicks"), cfg.cvr_prior, cfg.prior_strength)
-        .cast("float")
-        .alias("item_cvr_smoothed"),
-    )
+    return grouped.select("item_id", "as_of_day", *_counts_and_rates("item", cfg))
 
 
 def user_affinities(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> DataFrame:

@@ -26,6 +26,17 @@ def spark() -> Iterator[SparkSession]:
     session.stop()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models: intra-op threads only contend with the other test processes on 2 cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture()
 def lake(tmp_path: Path) -> Lake:
     return Lake(str(tmp_path / "lake"), row_group_bytes=64 * 1024)

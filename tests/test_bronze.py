@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
+from reliability.corpus import event
 
 from feature_engineering.bronze import BronzeResult, run_bronze
 from feature_engineering.config import BronzeConfig, FeatureConfig
@@ -26,25 +27,6 @@ pytestmark = pytest.mark.spark
 
 DAY1, DAY2 = "2026-10-01", "2026-10-02"
 CFG = FeatureConfig(bronze=BronzeConfig(max_line_bytes=400))
-
-
-def event(i: int, **changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "event_id": f"e{i}",
-        "ts": "2026-10-01T10:00:00Z",
-        "user_id": "u1",
-        "session_id": "s1",
-        "event_type": "add_to_cart",
-        "item_id": "i1",
-        "request_id": "r1",
-        "position": 3,
-        "page": "home",
-        "device": "ios",
-        "price": 12.5,
-        "quantity": 1,
-    }
-    base.update(changes)
-    return {k: v for k, v in base.items() if v is not ...}
 
 
 def line(payload: Any) -> bytes:
@@ -177,15 +159,15 @@ def _all_lines() -> list[bytes]:
 def test_events_are_typed_with_source_and_days(ingested: tuple[Lake, Path, BronzeResult]) -> None:
     lake, _, _ = ingested
     events = {r["event_id"]: r for r in lake.read_arrow("bronze/events").to_pylist()}
-    first = events["e1"]
+    first = events["e-1"]
     assert first["ts"].isoformat().startswith("2026-10-01T10:00:00")
     assert (first["position"], first["price"], first["quantity"]) == (3, 12.5, 1)
     assert (first["dt"], first["ingest_dt"], first["source_line"]) == (DAY1, DAY1, 1)
-    epoch = events["e2"]
+    epoch = events["e-2"]
     assert epoch["ts"].isoformat().startswith("2026-10-01T10:00:00.123")
     assert epoch["session_id"] is None
-    assert events["e30"]["price"] is None and events["e31"]["event_type"] == "click"
-    late = events["e41"]
+    assert events["e-30"]["price"] is None and events["e-31"]["event_type"] == "click"
+    late = events["e-41"]
     assert (late["dt"], late["ingest_dt"]) == (DAY1, DAY2)
     schema = lake.read_arrow("bronze/events").schema
     assert str(schema.field("position").type) == "int32"
