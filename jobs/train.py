@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobs.config import PipelineConfig, job_config
+from mtlrec import private_network
 from mtlrec.config import add_config_arguments
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
@@ -106,7 +107,23 @@ def log_to_mlflow(
             )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _needs_outside_network(cfg: PipelineConfig) -> str | None:
+    """Which location of a run lies beyond this machine (only the field and scheme)."""
+    for field, location in (
+        ("lake.root", cfg.lake.root),
+        ("run.storage_path", cfg.run.storage_path),
+        ("run.mlflow_tracking_uri", cfg.run.mlflow_tracking_uri or ""),
+    ):
+        if "://" in location and not location.startswith("file://"):
+            return f"{field} is a {location.split('://', 1)[0]}:// location"
+    return None
+
+
+def main(argv: list[str] | None = None, *, may_reexec: bool = False) -> int:
+    """The job. ``may_reexec``: the process is the job's own (``python -m jobs.train``), so
+    it may replace itself to run in a private network namespace (``ray.private_network``)."""
+    if private_network.inside():
+        private_network.bring_loopback_up()
     args = parse_args(argv)
     cfg = job_config(args, "train")
     # Heavy imports after the config is known to be valid: --help and bad configs stay fast.
@@ -131,6 +148,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    local_ray = (args.ray_address or cfg.ray.address) is None
+    if may_reexec and local_ray and cfg.ray.private_network and not private_network.inside():
+        blocker = _needs_outside_network(cfg) or private_network.unavailable_reason()
+        if blocker is None:
+            private_network.reexec("jobs.train", sys.argv[1:] if argv is None else argv)
+        _log.warning(
+            "ray.private_network not applied (%s): Ray's servers listen on all interfaces",
+            blocker,
+        )
     # Local runs resolve to an absolute path; object-store runs (s3://...) are written by
     # Ray's storage layer, and the driver's outputs go to a local mirror of the run.
     storage = cfg.run.storage_path
@@ -175,4 +201,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(may_reexec=True))

@@ -69,6 +69,12 @@ class RayConfig(StrictModel):
     gpus_per_worker: float = Field(0.0, ge=0)
     include_dashboard: bool = False
     dashboard_host: str = Field("127.0.0.1", description="Never bind beyond localhost by default.")
+    private_network: bool = Field(
+        True,
+        description="A local run (address unset) with a local lake and run directory runs "
+        "in its own network namespace holding only loopback, where Linux allows it, because "
+        "Ray's core servers listen on all interfaces (mtlrec.private_network).",
+    )
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
