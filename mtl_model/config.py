@@ -62,7 +62,15 @@ class WeightingConfig(StrictModel):
     strategy: Literal["fixed", "uncertainty", "gradnorm", "dwa"] = "fixed"
     task_weights: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
-        description="Fixed weights (and GradNorm / DWA starting scale); missing tasks get 1.",
+        description="Fixed weights (and GradNorm / DWA starting scale); a task left out gets "
+        "1 (binary) or regression_weight (regression).",
+    )
+    regression_weight: NonNegativeFloat = Field(
+        0.1,
+        description="Default weight of a regression task. Its squared error on log1p(value) "
+        "starts about ten times larger than a binary cross-entropy; at weight 1 it steers "
+        "the shared layers early on and can invert the binary tasks' ranking for the first "
+        "epoch (demo data, MMoE, 1 epoch: test click AUC 0.37 at weight 1, 0.73 at 0.1).",
     )
     lr: float = Field(
         0.025, gt=0, description="Learning rate of learned weights (uncertainty, GradNorm)."

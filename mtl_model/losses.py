@@ -199,6 +199,9 @@ class DWAWeighting(LossWeighting):
 
 
 def build_weighting(model: MultiTaskModel, cfg: WeightingConfig) -> LossWeighting:
+    regression = [t for t in model.task_names if model.task_types[t] == "regression"]
+    defaults = {t: cfg.regression_weight for t in regression}
+    cfg = cfg.model_copy(update={"task_weights": {**defaults, **cfg.task_weights}})
     if cfg.strategy == "uncertainty":
         return UncertaintyWeighting(model.task_names, dict(model.task_types), cfg)
     if cfg.strategy == "gradnorm":

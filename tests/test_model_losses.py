@@ -139,9 +139,9 @@ def test_gradnorm_weights_move_and_keep_their_sum(data: FunnelData) -> None:
     model = _model("mmoe", data)
     weighting, _ = _train(model, data, "gradnorm")
     assert isinstance(weighting, GradNormWeighting)
-    weights = weighting.weights.detach()
-    assert (weights - 1).abs().max().item() > 0.01
-    assert weights.sum().item() == pytest.approx(len(weights), rel=1e-5)
+    weights, start = weighting.weights.detach(), weighting.base_weights
+    assert (weights - start).abs().max().item() > 0.01
+    assert weights.sum().item() == pytest.approx(start.sum().item(), rel=1e-5)
 
 
 def test_gradnorm_needs_a_shared_layer(data: FunnelData) -> None:
@@ -176,3 +176,19 @@ def test_dwa_runs_inside_the_training_loop(data: FunnelData) -> None:
 def test_fixed_weights_reject_unknown_tasks(data: FunnelData) -> None:
     with pytest.raises(ValueError, match="unknown tasks"):
         build_weighting(_model("mmoe", data), WeightingConfig(task_weights={"clik": 2.0}))
+
+
+def test_regression_tasks_default_to_regression_weight_unless_named(data: FunnelData) -> None:
+    model = _model("mmoe", data)
+    assert model.task_types["purchase_value"] == "regression"
+    default = build_weighting(model, WeightingConfig())
+    assert default.current_weights() == {
+        "click": 1.0, "add_to_cart": 1.0, "purchase": 1.0, "purchase_value": pytest.approx(0.1)
+    }
+    named = build_weighting(
+        model, WeightingConfig(regression_weight=0.5, task_weights={"purchase_value": 2.0})
+    )
+    assert named.current_weights()["purchase_value"] == 2.0
+    assert build_weighting(model, WeightingConfig(regression_weight=0.5)).current_weights()[
+        "purchase_value"
+    ] == 0.5
