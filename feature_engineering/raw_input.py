@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
 _DAY_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -114,11 +115,15 @@ def gzip_lines(data: bytes) -> Iterator[tuple[bytes, str | None]]:
                     feed = data[offset : offset + _GZIP_CHUNK]
                     offset += len(feed)
                 # Output is capped per call so a highly compressed member cannot balloon.
-                pending += member.decompress(feed, _GZIP_CHUNK)
-                *complete, rest = pending.split(b"\n")
-                for line in complete:
+                out = member.decompress(feed, _GZIP_CHUNK)
+                last_newline = out.rfind(b"\n")
+                if last_newline < 0:  # a long line: append, never re-scan what is pending
+                    pending += out
+                    continue
+                pending += out[:last_newline]
+                for line in pending.split(b"\n"):
                     yield bytes(line), None
-                pending = bytearray(rest)
+                pending = bytearray(out[last_newline + 1 :])
         except zlib.error as exc:
             yield bytes(pending), f"gzip data corrupt near byte {offset}: {exc}"
             return
@@ -160,10 +165,7 @@ def _read_gzip_lines(spark: SparkSession, files: list[str]) -> DataFrame:
         spark.read.format("binaryFile")
         .load(files)
         .select("path", "content")
-        .mapInArrow(
-            _numbered_gzip_lines,
-            "value binary, source_file string, source_line bigint, cut_detail string",
-        )
+        .mapInArrow(_numbered_gzip_lines, from_arrow_schema(GZIP_LINES_SCHEMA))
         # A binary-to-string cast keeps the bytes as they are, like the text source.
         .withColumn("value", F.col("value").cast("string"))
     )
