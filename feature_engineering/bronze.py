@@ -31,6 +31,7 @@ from feature_engineering.mapping import (
     type_col,
 )
 from feature_engineering.raw_input import list_days, read_numbered_lines
+from mtlrec.errors import CheckError
 from mtlrec.lake import Lake, PartitionFilter
 from mtlrec.log import get_logger, log_stage
 from mtlrec.raw_contract import REQUIRED_FIELDS, QuarantineReason
@@ -55,7 +56,7 @@ QUARANTINE_COLUMNS = ("raw_line", "source_file", "source_line", "reason", "detai
 _log = get_logger("bronze")
 
 
-class ReconciliationError(RuntimeError):
+class ReconciliationError(CheckError, RuntimeError):
     """Lines read != rows in bronze/events + bronze/quarantine for the run's days."""
 
 

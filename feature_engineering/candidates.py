@@ -17,12 +17,13 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from mtl_model.scoring_config import CandidateConfig
+from mtlrec.errors import InputError
 
 # Source priorities: a lower number wins when an item comes from several sources.
 RECENT, CATEGORY, POPULAR = 1, 2, 3
 
 
-class CandidateError(ValueError):
+class CandidateError(InputError, ValueError):
     """The catalogue cannot provide the configured number of candidates."""
 
 

@@ -68,6 +68,7 @@ from feature_engineering.text_embedding import (
     project,
 )
 from feature_engineering.vocab import build_vocabulary, vocabulary_sizes
+from mtlrec.errors import InputError
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
 
@@ -84,7 +85,7 @@ if TYPE_CHECKING:  # the job passes its config in; the library never imports job
 _log = get_logger("gold")
 
 
-class GoldError(RuntimeError):
+class GoldError(InputError, RuntimeError):
     """The gold stage cannot run on this input or configuration."""
 
 

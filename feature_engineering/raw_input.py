@@ -29,6 +29,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from mtlrec.errors import InputError
+
 _DAY_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_CHUNK = 1 << 20
@@ -43,7 +45,7 @@ GZIP_LINES_SCHEMA = pa.schema(
 )
 
 
-class RawInputError(FileNotFoundError):
+class RawInputError(InputError, FileNotFoundError):
     """Raw input that is absent or unusable; the message names the path."""
 
 

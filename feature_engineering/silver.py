@@ -26,6 +26,7 @@ from feature_engineering.bronze import EVENTS_TABLE as BRONZE_EVENTS
 from feature_engineering.catalog import ITEM_COLUMNS, USER_COLUMNS, load_items, load_users
 from feature_engineering.config import BotConfig, FeatureConfig
 from feature_engineering.sessionize import sessionize
+from mtlrec.errors import InputError
 from mtlrec.lake import CommitResult, Lake, PartitionFilter
 from mtlrec.log import get_logger, log_stage
 from mtlrec.raw_contract import EVENT_TYPES
@@ -45,7 +46,7 @@ SILVER_EVENT_COLUMNS = (
 _log = get_logger("silver")
 
 
-class SilverInputError(RuntimeError):
+class SilverInputError(InputError, RuntimeError):
     """Silver cannot start: its bronze input is missing."""
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feature_engineering.gold_config import SplitConfig
+from mtlrec.errors import InputError
 
 
-class SplitError(ValueError):
+class SplitError(InputError, ValueError):
     """The days at hand cannot be split as configured."""
 
 

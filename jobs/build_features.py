@@ -21,14 +21,14 @@ from pathlib import Path
 # spark-submit runs this file as a script: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from feature_engineering.bronze import ReconciliationError, run_bronze
-from feature_engineering.raw_input import RawInputError
-from feature_engineering.silver import SilverInputError, run_silver
+from feature_engineering.bronze import run_bronze
+from feature_engineering.silver import run_silver
 from jobs.config import PipelineConfig, load_pipeline_config
-from mtlrec.config import ConfigError, add_config_arguments, iso_day
-from mtlrec.lake import Lake, LakeError
+from mtlrec.config import add_config_arguments, iso_day
+from mtlrec.errors import run_job
+from mtlrec.lake import Lake
 from mtlrec.log import get_logger
-from mtlrec.spark import JavaNotFoundError, get_spark
+from mtlrec.spark import get_spark
 
 STAGES = ("bronze", "silver", "gold", "all")
 _log = get_logger("build_features")
@@ -78,26 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     run_id = (
         args.run_id or f"features-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     )
-    try:
+
+    def body() -> None:
         cfg = load_pipeline_config(args)
-    except ConfigError as exc:
-        print(f"build_features: {exc}", file=sys.stderr)
-        return 2
-    _log.info(
-        "run %s: stage=%s days=%s config=%s", run_id, args.stage, args.days or "all", args.config
-    )
-    try:
+        days = args.days or "all"
+        _log.info("run %s: stage=%s days=%s config=%s", run_id, args.stage, days, args.config)
         run_stages(args.stage, cfg, args.days, run_id)
-    except (RawInputError, SilverInputError) as exc:
-        _log.error("input error: %s", exc)
-        return 2
-    except (JavaNotFoundError, LakeError) as exc:
-        print(f"build_features: {exc}", file=sys.stderr)
-        return 2
-    except ReconciliationError as exc:
-        _log.error("%s", exc)
-        return 1
-    return 0
+
+    return run_job("build_features", body)
 
 
 if __name__ == "__main__":

@@ -50,4 +50,4 @@ def job_config(args: argparse.Namespace, job: str) -> PipelineConfig:
         return load_pipeline_config(args)
     except ConfigError as exc:
         print(f"{job}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None

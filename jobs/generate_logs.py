@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from jobs.config import load_pipeline_config
-from mtlrec.config import ConfigError, add_config_arguments
-from mtlrec.synthetic.calibrate import CalibrationError
-from mtlrec.synthetic.generate import OutputError, generate
+from mtlrec.config import add_config_arguments
+from mtlrec.errors import run_job
+from mtlrec.synthetic.generate import generate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,21 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         config = load_pipeline_config(args)
         raw_root = Path(args.out or config.lake.raw_root)
         truth_root = Path(args.truth_out or config.generator.truth_root)
         summary = generate(config.generator, raw_root, truth_root, overwrite=args.overwrite)
-    except (ConfigError, CalibrationError, OutputError) as exc:
-        print(f"generate_logs: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"generate_logs: wrote {summary.total_lines:,} lines "
-        f"({summary.truth_impressions:,} true impressions) in {summary.seconds:.1f}s "
-        f"= {summary.lines_per_second:,.0f} lines/s; raw logs: {summary.raw_root}, "
-        f"ground truth: {summary.truth_root}"
-    )
-    return 0
+        print(
+            f"generate_logs: wrote {summary.total_lines:,} lines "
+            f"({summary.truth_impressions:,} true impressions) in {summary.seconds:.1f}s "
+            f"= {summary.lines_per_second:,.0f} lines/s; raw logs: {summary.raw_root}, "
+            f"ground truth: {summary.truth_root}"
+        )
+
+    return run_job("generate_logs", body)
 
 
 if __name__ == "__main__":

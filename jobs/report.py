@@ -22,15 +22,13 @@ import argparse
 import html
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.config import PipelineConfig, job_config
+from jobs.config import PipelineConfig, load_pipeline_config
 from mtl_model.offline_eval import (
     OracleMetrics,
-    ReportInputError,
     RunSummary,
     calibration_bins,
     lift_share,
@@ -39,6 +37,7 @@ from mtl_model.offline_eval import (
     recommendation_quality,
 )
 from mtlrec.config import add_config_arguments
+from mtlrec.errors import run_job
 from mtlrec.lake import Lake
 
 BINARY_METRICS = ("auc", "gauc", "logloss", "calibration")
@@ -295,17 +294,16 @@ def _write_html(
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = job_config(args, "report")
-    run_dirs = [Path(r) for r in args.runs]
-    out = Path(args.out) if args.out else run_dirs[0] / "report"
-    truth = Path(args.truth or cfg.generator.truth_root)
-    try:
+
+    def body() -> None:
+        cfg = load_pipeline_config(args)
+        run_dirs = [Path(r) for r in args.runs]
+        out = Path(args.out) if args.out else run_dirs[0] / "report"
+        truth = Path(args.truth or cfg.generator.truth_root)
         page = build_report(cfg, run_dirs, out, truth)
-    except ReportInputError as exc:
-        print(f"report: {exc}", file=sys.stderr)
-        return 2
-    print(f"report: {page} (summary: {out / 'summary.md'}, numbers: {out / 'report.json'})")
-    return 0
+        print(f"report: {page} (summary: {out / 'summary.md'}, numbers: {out / 'report.json'})")
+
+    return run_job("report", body)
 
 
 if __name__ == "__main__":

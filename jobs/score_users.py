@@ -60,6 +60,7 @@ from mtl_model.scoring import (
 )
 from mtl_model.scoring_config import FinalScoreConfig, SlotContext
 from mtlrec.config import add_config_arguments, iso_day
+from mtlrec.errors import CheckError, InputError
 from mtlrec.feature_spec import FeatureSpec
 from mtlrec.lake import Lake, LakeError, validate_table_name
 from mtlrec.log import get_logger, log_stage
@@ -72,11 +73,11 @@ PARTITION_COLUMNS = ["scored_dt", "model_version"]
 _log = get_logger("score_users")
 
 
-class ScoringInputError(ValueError):
+class ScoringInputError(InputError, ValueError):
     """Input the job cannot score from; nothing was written."""
 
 
-class PartitionCheckError(RuntimeError):
+class PartitionCheckError(CheckError, RuntimeError):
     """The written partition does not hold top_k ranked rows per scored user."""
 
 

@@ -31,6 +31,7 @@ import pyarrow.dataset as pads
 from mtl_model.artifact import load_artifact
 from mtl_model.metrics import ScoreTable
 from mtl_model.scoring import feature_columns, predict_frame
+from mtlrec.errors import InputError
 from mtlrec.feature_spec import FeatureSpec
 from mtlrec.lake import Lake
 
@@ -56,7 +57,7 @@ _TRUTH_COLUMNS = [
 ]
 
 
-class ReportInputError(ValueError):
+class ReportInputError(InputError, ValueError):
     """A run directory or table the report cannot use; the message names it."""
 
 

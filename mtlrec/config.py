@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mtlrec.errors import InputError
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "cluster_configs" / "local.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A configuration that cannot be used; the message names the field."""
 
 

@@ -38,6 +38,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from mtlrec.config import LakeConfig
+from mtlrec.errors import InputError
 from mtlrec.log import get_logger, log_stage
 from mtlrec.storage import LakeStorage
 
@@ -50,7 +51,7 @@ _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 _log = get_logger("lake")
 
 
-class LakeError(RuntimeError):
+class LakeError(InputError, RuntimeError):
     """A lake operation that cannot proceed; the message names the table."""
 
 

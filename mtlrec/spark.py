@@ -17,6 +17,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from mtlrec.config import LakeConfig, SparkConfig
+from mtlrec.errors import InputError
 from mtlrec.storage import LakeStorage
 
 
@@ -25,7 +26,7 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-class JavaNotFoundError(RuntimeError):
+class JavaNotFoundError(InputError, RuntimeError):
     """Spark needs a Java runtime (>= 17) and none was found."""
 
 

@@ -33,6 +33,7 @@ from fsspec.implementations.arrow import ArrowFSWrapper
 from pyarrow.filesystem import DaskFileSystem
 
 from mtlrec.config import LakeConfig
+from mtlrec.errors import InputError
 
 S3_SCHEMES = ("s3", "s3a")
 MASK = "***"
@@ -69,7 +70,7 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/\s:@]+:[^/\s@]+
 _MIN_SECRET_LEN = 6
 
 
-class StorageError(ValueError):
+class StorageError(InputError, ValueError):
     """A lake root or storage option that cannot be used; the message names it."""
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mtlrec.errors import InputError
 from mtlrec.synthetic.behavior import (
     ItemSampler,
     funnel_scores,
@@ -25,7 +26,7 @@ CALIBRATION_PAGE_VIEWS = 4_000
 _LOW, _HIGH = -30.0, 30.0
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError, ValueError):
     """The configured rates cannot be reached; the message names the field."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlrec.errors import InputError
 from mtlrec.raw_contract import QuarantineReason, SilverOutcome
 from mtlrec.synthetic.calibrate import calibrate_world
 from mtlrec.synthetic.config import GeneratorConfig
@@ -32,7 +33,7 @@ _RAW_PARTS = ("events", "items", "users")
 _TRUTH_PARTS = ("impressions", "generator_config.json", "manifest.json")
 
 
-class OutputError(ValueError):
+class OutputError(InputError, ValueError):
     """The output roots cannot be used as given; the message names the path."""
 
 
