@@ -53,11 +53,29 @@ class LakeConfig(StrictModel):
     )
 
 
+# A JVM size as spark-submit takes it: a whole number and a unit (512m, 4g).
+_JVM_SIZE = r"^[1-9][0-9]*[kmgtKMGT]$"
+
+
 class SparkConfig(StrictModel):
-    master: str = Field("local[*]", description="Used only when not launched by spark-submit.")
+    """Spark settings. ``scripts/submit.sh`` passes master, memory, cores and ``conf`` to
+    spark-submit, because the driver JVM is started before a job reads its config; a job
+    that starts its own JVM (``python -m jobs...``) applies them itself."""
+
+    master: str = Field(
+        "local[*]", description="local[N], spark://host:port, yarn, k8s://...; --master wins."
+    )
     app_name: str = "mtlrec"
     shuffle_partitions: int = Field(8, gt=0)
-    driver_memory: str = "4g"
+    driver_memory: str = Field(
+        "4g", pattern=_JVM_SIZE, description="Driver heap; fixed when the driver JVM starts."
+    )
+    executor_memory: str = Field(
+        "1g",
+        pattern=_JVM_SIZE,
+        description="Heap of each executor on a cluster master (local[*] runs in the driver).",
+    )
+    executor_cores: int = Field(1, gt=0, description="Cores (task slots) of each executor.")
     conf: dict[str, str] = Field(default_factory=dict, description="Extra spark.* settings.")
 
 

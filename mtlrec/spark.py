@@ -1,14 +1,25 @@
-"""The Spark session factory every job uses.
+"""The Spark session factory every job uses, and the spark-submit flags a config implies.
 
 ``local[*]`` from the config by default; under ``spark-submit`` the submitted
 master and conf win (the config only fills in what was not submitted). Local
 sessions bind to 127.0.0.1 and run without the UI unless asked, so nothing
 listens beyond localhost by default.
+
+Some settings are fixed when the driver JVM starts (its heap above all), and
+spark-submit starts that JVM before the job reads its config. So the config's
+launch-time settings reach spark-submit as flags: ``scripts/submit.sh`` passes
+``submit_arguments(cfg)``, and a job launched by plain spark-submit whose JVM
+differs from its config says so in one line at start (``launch_mismatches``).
+
+Quiet by default: the driver logs through ``cluster_configs/log4j2.properties``
+(Spark at WARN, no progress bars), so a user reads the pipeline's own lines.
+``MTLREC_VERBOSE=1`` (``scripts/submit.sh --verbose``) brings Spark's INFO back.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +29,28 @@ from pyspark.sql import SparkSession
 
 from mtlrec.config import LakeConfig, SparkConfig
 from mtlrec.errors import InputError
+from mtlrec.log import get_logger
 from mtlrec.storage import LakeStorage
+
+LOG4J2_FILE = Path(__file__).resolve().parent.parent / "cluster_configs" / "log4j2.properties"
+# spark-submit's default driver heap, what a JVM started without --driver-memory has.
+SPARK_DEFAULT_DRIVER_MEMORY = "1g"
+# Settings read once, when the driver JVM starts; a session's conf cannot change them.
+DRIVER_LAUNCH_CONF = (
+    "spark.driver.memory",
+    "spark.driver.extraJavaOptions",
+    "spark.driver.extraClassPath",
+    "spark.driver.extraLibraryPath",
+    "spark.jars",
+    "spark.jars.packages",
+)
+_LOOPBACK_MASTER = re.compile(r"spark://(127\.0\.0\.1|localhost):")
+_log = get_logger("spark")
+
+
+def verbose() -> bool:
+    """``MTLREC_VERBOSE=1``: Spark's INFO log and progress bars, as Spark ships them."""
+    return os.environ.get("MTLREC_VERBOSE", "") not in ("", "0")
 
 
 def launched_by_spark_submit() -> bool:
@@ -50,6 +82,72 @@ def _submitted_conf() -> SparkConf:
     return SparkConf()
 
 
+def on_this_machine(master: str) -> bool:
+    """``local[...]``, or a standalone master on loopback (the project's local cluster)."""
+    return master.startswith("local") or _LOOPBACK_MASTER.match(master) is not None
+
+
+def jvm_size_bytes(size: str) -> int:
+    """``4g``, ``512m``, ``4096`` (MiB, Spark's unit for a bare driver memory) in bytes."""
+    match = re.fullmatch(r"([0-9]+)([kmgtp]?)b?", size.strip().lower())
+    if match is None:
+        raise ValueError(f"not a JVM size: {size!r}")
+    number, unit = match.groups()
+    return int(number) * 1024 ** "kmgtp".index(unit or "m") * 1024
+
+
+def launch_conf(cfg: SparkConfig) -> dict[str, str]:
+    """The config's settings that spark-submit must be given, as ``spark.*`` properties.
+
+    Driver memory and the log4j2 file only take effect when the driver JVM starts;
+    master, executor memory and cores are passed too, so the config is the one place
+    they live and ``spark-submit --verbose`` shows what a job was launched with.
+    """
+    conf = {
+        "spark.master": cfg.master,
+        "spark.driver.memory": cfg.driver_memory,
+        "spark.executor.memory": cfg.executor_memory,
+        "spark.executor.cores": str(cfg.executor_cores),
+        **cfg.conf,
+    }
+    if on_this_machine(cfg.master) and not verbose():
+        # The file is on this machine; a cluster-mode driver elsewhere keeps its own logging.
+        options = f"-Dlog4j2.configurationFile=file:{LOG4J2_FILE}"
+        extra = conf.get("spark.driver.extraJavaOptions")
+        conf["spark.driver.extraJavaOptions"] = f"{extra} {options}" if extra else options
+    return conf
+
+
+def submit_arguments(cfg: SparkConfig) -> list[str]:
+    """spark-submit flags for the config: ``--master``, ``--driver-memory``, ``--conf k=v``."""
+    conf = launch_conf(cfg)
+    flags = {
+        "spark.master": "--master",
+        "spark.driver.memory": "--driver-memory",
+        "spark.executor.memory": "--executor-memory",
+        "spark.executor.cores": "--executor-cores",
+    }
+    args: list[str] = []
+    for key, value in conf.items():
+        args += [flags[key], value] if key in flags else ["--conf", f"{key}={value}"]
+    return args
+
+
+def launch_mismatches(cfg: SparkConfig, submitted: SparkConf) -> list[str]:
+    """The spark-submit flags this driver JVM lacks to match the config, e.g.
+    ``--driver-memory 4g``; empty when the JVM was launched as the config asks."""
+    wanted = launch_conf(cfg)
+    missing = []
+    heap = submitted.get("spark.driver.memory", SPARK_DEFAULT_DRIVER_MEMORY)
+    if jvm_size_bytes(heap) != jvm_size_bytes(cfg.driver_memory):
+        missing.append(f"--driver-memory {cfg.driver_memory}")
+    for key in DRIVER_LAUNCH_CONF[1:]:
+        # The log4j2 file is a convenience, not a setting worth a warning.
+        if key in cfg.conf and submitted.get(key, "") != wanted[key]:
+            missing.append(f"--conf {key}={wanted[key]}")
+    return missing
+
+
 def get_spark(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
     """The session for a job; ``lake`` adds the object-store settings its root needs."""
     submitted = launched_by_spark_submit()
@@ -64,29 +162,43 @@ def get_spark(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
         # read microsecond timestamps.
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "true",
+        # The pipeline logs a line per stage; Spark's bars would interleave with it.
+        "spark.ui.showConsoleProgress": "true" if verbose() else "false",
     }
     submitted_conf = _submitted_conf() if submitted else None
     master = submitted_conf.get("spark.master", "") if submitted_conf else cfg.master
-    if not submitted:
+    if submitted_conf is not None:
+        missing = launch_mismatches(cfg, submitted_conf)
+        if missing:
+            _log.warning(
+                "this driver JVM was not launched as the config asks (spark.driver_memory=%s, "
+                "heap now %s): pass %s to spark-submit, or launch with scripts/submit.sh",
+                cfg.driver_memory,
+                submitted_conf.get("spark.driver.memory", SPARK_DEFAULT_DRIVER_MEMORY),
+                " ".join(missing),
+            )
+    else:
         builder = builder.master(cfg.master)
-        defaults["spark.driver.memory"] = cfg.driver_memory
         # Python workers (pandas UDFs) must run this interpreter, the venv with pandas and
         # torch; PySpark reads the worker executable from PYSPARK_PYTHON, else `python3`.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    if master.startswith("local"):
-        # A local driver listens on loopback only, submitted or not.
+    if on_this_machine(master):
+        # A local driver, or one whose cluster is on this machine's loopback (the project's
+        # local cluster), listens on loopback only, submitted or not.
         defaults.update({"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"})
     if lake is not None:
         defaults.update(LakeStorage.from_config(lake).spark_conf())
-    defaults.update(cfg.conf)
+    # Executor sizes, the config's conf, and (when this process starts the JVM) driver
+    # memory and the log4j2 file; the master was set above.
+    defaults.update({k: v for k, v in launch_conf(cfg).items() if k != "spark.master"})
     # Under spark-submit the JVM already holds the submitted conf (as system properties,
     # which SparkConf loads): it wins over the config file.
     for key, value in defaults.items():
         if submitted_conf is None or not submitted_conf.contains(key):
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    # A JVM started without the log4j2 file (plain spark-submit) turns quiet from here on.
+    spark.sparkContext.setLogLevel("INFO" if verbose() else "WARN")
     return spark
 
 

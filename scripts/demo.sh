@@ -5,11 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-# spark-submit starts Python workers with $PYSPARK_PYTHON: the venv, not the system python3.
-export PYSPARK_PYTHON="$PWD/.venv/bin/python"
 export RAY_DISABLE_USAGE_STATS=1
 CONFIG="${MTLREC_CONFIG:-cluster_configs/local.yaml}"
-SUBMIT=(.venv/bin/spark-submit --master "local[*]" --driver-memory 4g)
+# The Spark jobs go through the launcher: master, driver memory and the quiet log4j2 file
+# come from the config (MTLREC_VERBOSE=1 brings Spark's INFO log back).
+SUBMIT=(scripts/submit.sh)
 
 echo "== 1/5 generate the synthetic log"
 "$PY" -m jobs.generate_logs --config "$CONFIG" --overwrite "$@"

@@ -368,3 +368,49 @@ def test_databricks_tasks_call_their_jobs_with_arguments_they_accept() -> None:
                 assert params[params.index("--stage") + 1] in proc.stdout
     if missing:
         pytest.skip(f"the others pass; job entry points not written yet: {missing}")
+
+
+# --------------------------------------------------------------------------- launch settings
+_SIZES_IN_THE_CONFIG = ("spark.master", "spark.driver.memory", "spark.executor.memory")
+
+
+@pytest.mark.parametrize("name", ["spark_k8s.conf", "spark_yarn.conf"])
+def test_spark_profiles_leave_master_and_sizes_to_the_config(name: str) -> None:
+    """The config is the one place driver/executor sizes live (issue 20); a profile that
+    set them too would be silently overridden by scripts/submit.sh's flags."""
+    props = parse_properties((CONFIGS / name).read_text())
+    assert not set(props) & {*_SIZES_IN_THE_CONFIG, "spark.executor.cores"}
+
+
+def test_the_kubernetes_command_passes_the_configs_sizes() -> None:
+    """Kubernetes cannot use scripts/submit.sh (its --config is a path in the image), so
+    the documented flags must equal cluster_s3.yaml's spark section."""
+    spark = load_config(PipelineConfig, CONFIGS / "cluster_s3.yaml").spark
+    wanted = (
+        f"--driver-memory {spark.driver_memory} --executor-memory {spark.executor_memory} "
+        f"--executor-cores {spark.executor_cores}"
+    )
+    for text in ((CONFIGS / "spark_k8s.conf").read_text(), (ROOT / "docs/cluster.md").read_text()):
+        commands = [c for c in _shell_commands(text) if "k8s://" in c and "spark-submit" in c]
+        assert commands and all(wanted in c for c in commands)
+
+
+def _shell_commands(text: str) -> list[str]:
+    """Commands in a document: ``backtick`` spans, and lines of code blocks or ``#``
+    comments joined across trailing backslashes."""
+    joined = re.sub(r"\\\n[#\s]*", " ", text)
+    return re.findall(r"`([^`\n]+)`", joined) + joined.splitlines()
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/cluster.md", "scripts/demo.sh"])
+def test_every_documented_spark_job_launch_passes_the_configs_launch_settings(doc: str) -> None:
+    """A job started by plain spark-submit gets spark-submit's 1g driver, whatever the
+    config says: each command shown goes through scripts/submit.sh or passes the flag."""
+    launches = [
+        c for c in _shell_commands((ROOT / doc).read_text()) if re.search(r"jobs/\w+\.py", c)
+    ]
+    for command in launches:
+        if re.search(r"(^|[\s/])spark-submit\s", command):
+            assert "--driver-memory" in command, command
+    if doc != "scripts/demo.sh":
+        assert any("scripts/submit.sh" in c for c in launches), "the launcher is documented"
