@@ -25,6 +25,7 @@ from pathlib import Path
 from jobs.config import PipelineConfig, job_config
 from mtlrec import private_network
 from mtlrec.config import add_config_arguments
+from mtlrec.errors import InputError, run_job
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
 
@@ -119,9 +120,17 @@ def _needs_outside_network(cfg: PipelineConfig) -> str | None:
     return None
 
 
+class TrainInputError(InputError):
+    """A run that cannot start: its name, its resume point or its input tables."""
+
+
 def main(argv: list[str] | None = None, *, may_reexec: bool = False) -> int:
     """The job. ``may_reexec``: the process is the job's own (``python -m jobs.train``), so
     it may replace itself to run in a private network namespace (``ray.private_network``)."""
+    return run_job("train", lambda: _train(argv, may_reexec))
+
+
+def _train(argv: list[str] | None, may_reexec: bool) -> None:
     if private_network.inside():
         private_network.bring_loopback_up()
     args = parse_args(argv)
@@ -142,13 +151,11 @@ def main(argv: list[str] | None = None, *, may_reexec: bool = False) -> int:
     run_name = args.resume or cfg.run.name or f"mtl-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     if not _RUN_NAME.fullmatch(run_name):
         # The name is a directory under run.storage_path: nothing may point outside it.
-        print(
-            f"train: invalid run name {run_name!r}: use letters, digits, '.', '_' and '-' "
-            "(starting with a letter or digit)",
-            file=sys.stderr,
+        raise TrainInputError(
+            f"invalid run name {run_name!r}: use letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit)"
         )
-        return 2
-    local_ray = (args.ray_address or cfg.ray.address) is None
+    local_ray = ray_cfg.address is None
     if may_reexec and local_ray and cfg.ray.private_network and not private_network.inside():
         blocker = _needs_outside_network(cfg) or private_network.unavailable_reason()
         if blocker is None:
@@ -165,8 +172,7 @@ def main(argv: list[str] | None = None, *, may_reexec: bool = False) -> int:
     if args.resume is not None:
         resume_from = newest_readable_checkpoint(run_dir)
         if resume_from is None:
-            print(f"train: no readable checkpoint under {run_dir} to resume", flush=True)
-            return 2
+            raise TrainInputError(f"no readable checkpoint under {run_dir} to resume")
         _log.info("resuming %s from %s", run_name, resume_from.path)
 
     lake = Lake.from_config(cfg.lake)
@@ -174,10 +180,9 @@ def main(argv: list[str] | None = None, *, may_reexec: bool = False) -> int:
         inputs = resolve_inputs(lake, cfg.run)
         train_rows_for(inputs, ray_cfg.num_workers)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"train: {exc}", file=sys.stderr)
-        return 2
+        raise TrainInputError(str(exc)) from None
     versions = inputs.table_versions
-    init_ray(ray_cfg)
+    cluster = init_ray(ray_cfg)
     _log.info(
         "run %s: %s on %d %s worker(s), %d epoch(s)",
         run_name,
@@ -190,14 +195,13 @@ def main(argv: list[str] | None = None, *, may_reexec: bool = False) -> int:
     if result.error is not None:
         raise result.error
     assert result.checkpoint is not None
-    outcome = finalize_run(run_dir, result.checkpoint, bundle, versions)
+    outcome = finalize_run(run_dir, result.checkpoint, bundle, versions, cluster)
     write_curves(run_dir, outcome.history)
     if cfg.run.mlflow_tracking_uri:
         log_to_mlflow(cfg.run.mlflow_tracking_uri, run_name, cfg, outcome.history)
     summary = {k: v for k, v in outcome.metrics.items() if k.endswith(("/auc", "/gauc", "/rmse"))}
     log_stage(_log, "train", run=run_name, epochs=len(outcome.history), **summary)
     print(json.dumps({"run_dir": outcome.run_dir, "artifact": outcome.artifact_path}))
-    return 0
 
 
 if __name__ == "__main__":

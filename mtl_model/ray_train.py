@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 import warnings
@@ -36,6 +37,7 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
+from ray._private import services  # Ray's own address lookup (pinned 2.55.1)
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -57,6 +59,7 @@ from mtl_model.shards import list_row_groups
 from mtl_model.streaming import BatchColumns, ShardStream, StreamSettings
 from mtl_model.transfer import warm_start
 from mtlrec.config import RayConfig
+from mtlrec.errors import InputError
 from mtlrec.feature_spec import FeatureSpec
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger
@@ -378,19 +381,86 @@ class TrainingOutcome:
     history: list[dict[str, float]]
 
 
-def init_ray(cfg: RayConfig) -> None:
-    """Join a cluster, or start a local Ray whose dashboard (if any) listens on localhost."""
-    if ray.is_initialized():
-        return
-    if cfg.address is not None:
-        ray.init(address=cfg.address)
-        return
-    ray.init(
-        include_dashboard=cfg.include_dashboard,
-        dashboard_host=cfg.dashboard_host,
-        num_cpus=max(os.cpu_count() or 1, int(cfg.num_workers * cfg.cpus_per_worker)),
-        log_to_driver=True,
+JOIN_TIMEOUT_S = 10.0
+"""How long a cluster named by ``ray.address`` gets to answer before the job gives up."""
+
+
+class RayClusterUnreachable(InputError):
+    """``ray.address`` names a cluster that cannot be found or does not answer."""
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """The Ray a run trained on, as recorded in its metrics.json."""
+
+    address: str  # the GCS address the driver is connected to
+    joined: bool  # True: an existing cluster (ray.address set); False: a local Ray for this job
+    node_ids: list[str]
+    resources: dict[str, float]
+
+
+def init_ray(cfg: RayConfig) -> RayCluster:
+    """Start this job's own local Ray (``ray.address`` null), or join the named cluster.
+
+    A bare ``ray.init()`` would look at ``RAY_ADDRESS`` and Ray's current-cluster file
+    (``$RAY_TMPDIR``, else ``$TMPDIR``, else ``/tmp``, then ``ray/ray_current_cluster``,
+    written by ``ray start``): it silently joins whatever cluster those name, or fails on a
+    stale file. ``address="local"`` always starts a fresh local Ray. Joining passes no
+    resource arguments (Ray refuses them for an existing cluster) and first checks, within
+    ``JOIN_TIMEOUT_S``, that the cluster answers: Ray itself retries for many minutes.
+    """
+    if not ray.is_initialized():
+        if cfg.address is None:
+            ray.init(
+                address="local",
+                include_dashboard=cfg.include_dashboard,
+                dashboard_host=cfg.dashboard_host,
+                num_cpus=max(os.cpu_count() or 1, int(cfg.num_workers * cfg.cpus_per_worker)),
+                log_to_driver=True,
+            )
+        else:
+            _check_answers(cfg.address)
+            ray.init(address=cfg.address, log_to_driver=True)
+    cluster = RayCluster(
+        address=ray.get_runtime_context().gcs_address,
+        joined=cfg.address is not None,
+        node_ids=sorted(node["NodeID"] for node in ray.nodes() if node["Alive"]),
+        resources={k: float(v) for k, v in ray.cluster_resources().items()},
     )
+    if cluster.joined:
+        _log.info(
+            "joined Ray cluster %s (ray.address %s): %d node(s), %g CPU, %g GPU, "
+            "%.1f GiB object store",
+            cluster.address,
+            cfg.address,
+            len(cluster.node_ids),
+            cluster.resources.get("CPU", 0.0),
+            cluster.resources.get("GPU", 0.0),
+            cluster.resources.get("object_store_memory", 0.0) / 2**30,
+        )
+    return cluster
+
+
+def _check_answers(address: str) -> None:
+    """Raise ``RayClusterUnreachable`` unless the cluster ``ray.init(address)`` would join
+    accepts a TCP connection within ``JOIN_TIMEOUT_S``."""
+    target = (os.environ.get("RAY_ADDRESS") or address) if address == "auto" else address
+    if "://" in target:  # ray://host:port: the Ray Client server
+        host_port = target.split("://", 1)[1]
+    else:
+        try:  # Ray's own lookup for "auto" (RAY_ADDRESS, then the current-cluster file)
+            host_port = services.canonicalize_bootstrap_address(target) or target
+        except (ConnectionError, ValueError) as exc:
+            raise RayClusterUnreachable(f"ray.address {address!r}: {exc}") from None
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=JOIN_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        raise RayClusterUnreachable(
+            f"ray.address {address!r}: no Ray cluster answers at {host_port} "
+            f"within {JOIN_TIMEOUT_S:g} s ({exc})"
+        ) from None
 
 
 def run_training(
@@ -461,6 +531,7 @@ def finalize_run(
     checkpoint: Checkpoint,
     bundle: RunConfigBundle,
     table_versions: dict[str, int],
+    cluster: RayCluster,
 ) -> TrainingOutcome:
     """Write the run's outputs from its final checkpoint: artifact, metrics.json, config."""
     with checkpoint.as_directory() as directory:
@@ -488,6 +559,7 @@ def finalize_run(
                 "best_epoch": best_epoch,
                 "history": history,
                 "table_versions": table_versions,
+                "ray": asdict(cluster),
             },
             indent=2,
             sort_keys=True,
