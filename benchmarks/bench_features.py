@@ -38,6 +38,7 @@ from benchmarks.harness import (
     time_interleaved,
 )
 from jobs.config import PipelineConfig
+from mtlrec.tables import SILVER_EVENTS
 
 TITLE = "Feature job (Spark, bronze/silver/gold) and generator"
 EVENT_TYPES = ("impression", "click", "add_to_cart", "purchase")
@@ -136,9 +137,8 @@ def size_paths(ctx: BenchContext, target_lines: int) -> DatasetPaths:
 def reusable_dataset(ctx: BenchContext) -> DatasetPaths | None:
     """Part 1's largest size, when it is the shared dataset of parts 2-5 and its last
     feature-job run completed (each run clears only its own size's lake first)."""
-    from feature_engineering.gold import EXAMPLES_TABLE
-    from feature_engineering.spec import SPEC_TABLE
     from mtlrec.lake import Lake
+    from mtlrec.tables import GOLD_EXAMPLES, GOLD_FEATURE_SPEC
 
     target = ctx.profile.feature_lines[-1]
     if ctx.profile.dataset_lines != target:
@@ -146,7 +146,7 @@ def reusable_dataset(ctx: BenchContext) -> DatasetPaths | None:
     paths = size_paths(ctx, target)
     lake = Lake(str(paths.lake))
     # The spec row is the gold stage's last write: it marks a complete build.
-    return paths if lake.exists(SPEC_TABLE) and lake.exists(EXAMPLES_TABLE) else None
+    return paths if lake.exists(GOLD_FEATURE_SPEC) and lake.exists(GOLD_EXAMPLES) else None
 
 
 def _local_path(uri: str) -> str:
@@ -276,21 +276,21 @@ def _gold_against_duckdb(
     import duckdb
     from pyspark.sql import functions as F
 
-    from feature_engineering.point_in_time import day_num, user_features
+    from feature_engineering.point_in_time import day_number, user_features
     from mtlrec.lake import Lake
 
     gold = cfg.features.gold
     lake = Lake.from_config(cfg.lake)
-    files = [_local_path(u) for u in lake.snapshot_files("silver/events")]
+    files = [_local_path(u) for u in lake.snapshot_files(SILVER_EVENTS)]
     impression_days = sorted(
         r["dt"]
-        for r in lake.read_table(spark, "silver/events")
+        for r in lake.read_table(spark, SILVER_EVENTS)
         .where(F.col("event_type") == "impression")
         .select("dt")
         .distinct()
         .collect()
     )
-    as_of = [day_num(d) for d in impression_days]
+    as_of = [day_number(d) for d in impression_days]
     columns = subset_columns(gold.window_days)
     sql = duckdb_user_aggregates_sql(
         gold.window_days, gold.lookback_days, gold.rate_window_days, gold.ctr_prior,
@@ -299,7 +299,7 @@ def _gold_against_duckdb(
     outputs: dict[str, pa.Table] = {}
 
     def spark_side() -> None:
-        events = lake.read_table(spark, "silver/events")
+        events = lake.read_table(spark, SILVER_EVENTS)
         frame = user_features(events, as_of, gold).select(*KEY_COLUMNS, *columns)
         outputs["spark"] = frame.toArrow()
 

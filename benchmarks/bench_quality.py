@@ -42,7 +42,9 @@ from mtl_model.config import ModelConfig, TrainConfig
 from mtl_model.features import Batch
 from mtl_model.streaming import BatchColumns, to_tensors
 from mtlrec.feature_spec import FeatureSpec
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
+from mtlrec.tables import GOLD_EXAMPLES
 
 TITLE = "Quality against the generator's ground truth (in-process training, no Ray)"
 ARCHITECTURES = ("single_task", "shared_bottom", "mmoe", "ple", "esmm")
@@ -90,15 +92,16 @@ class Split:
         ]
 
 
-def read_splits(lake: Lake, spec: FeatureSpec, truth_root: Path) -> dict[str, Split]:
-    columns = BatchColumns.from_spec(spec)
+def read_splits(lake: Lake, snapshot: GoldSnapshot, truth_root: Path) -> dict[str, Split]:
+    """The snapshot's train, val and test rows (its version of gold/examples)."""
+    columns = BatchColumns.from_spec(snapshot.spec)
     wanted = [*columns.names(), "impression_id", "market", "split"]
-    table = lake.read_arrow("gold/examples", columns=wanted)
+    table = lake.read_arrow(GOLD_EXAMPLES, snapshot.version(GOLD_EXAMPLES), columns=wanted)
     splits: dict[str, Split] = {}
     for name in ("train", "val", "test"):
         part = table.filter(pc.equal(table.column("split"), name))
         if part.num_rows == 0:
-            raise ValueError(f"gold/examples has no rows of split={name}")
+            raise ValueError(f"{GOLD_EXAMPLES} has no rows of split={name}")
         chunk = {n: part.column(n).to_numpy(zero_copy_only=False) for n in columns.names()}
         market = np.asarray(part.column("market").fill_null("").to_numpy(zero_copy_only=False))
         split = Split(dict(to_tensors(chunk, columns)), market)  # type: ignore[arg-type]
@@ -175,7 +178,7 @@ def train(
     teacher: MultiTaskModel | None = None,
 ) -> MultiTaskModel:
     """``mtl_model.loop.fit`` with early stopping on val; the best epoch's weights."""
-    from mtl_model.loop import fit
+    from mtl_model.loop import EpochBatches, fit
 
     torch.manual_seed(seed)
     model = build_model(spec, model_cfg)
@@ -185,7 +188,9 @@ def train(
     steps = max(1, -(-train_split.rows // cfg.batch_size))
     fit(
         model,
-        lambda epoch: train_split.batches(cfg.batch_size, seed=seed * 1_000_003 + epoch),
+        lambda epoch: EpochBatches(
+            train_split.batches(cfg.batch_size, seed=seed * 1_000_003 + epoch)
+        ),
         lambda: val_split.batches(cfg.eval_batch_size),
         spec,
         cfg,
@@ -196,8 +201,6 @@ def train(
 
 
 def run(ctx: BenchContext) -> PartResult:
-    from feature_engineering.spec import read_latest_spec
-
     profile = ctx.profile
     # The laptop-scale training set is a few tens of thousands of rows: the pipeline's
     # default batch (1024) and warm-up (100 steps) would leave every model inside its
@@ -211,8 +214,9 @@ def run(ctx: BenchContext) -> PartResult:
         ]
     )
     lake = Lake.from_config(cfg.lake)
-    spec = read_latest_spec(lake)
-    splits = read_splits(lake, spec, Path(cfg.generator.truth_root))
+    snapshot = GoldSnapshot.resolve(lake)
+    spec = snapshot.spec
+    splits = read_splits(lake, snapshot, Path(cfg.generator.truth_root))
     test = splits["test"]
     oracle = oracle_aucs(spec, test)
     seeds = list(range(profile.repeats))

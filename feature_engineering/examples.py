@@ -20,7 +20,6 @@ from feature_engineering.gold_config import GoldConfig
 from feature_engineering.point_in_time import (
     AFFINITY_DIMENSIONS,
     affinity_share,
-    day_num,
     day_number,
     day_start_seconds,
     item_defaults,
@@ -132,7 +131,7 @@ def feature_frame(
     ``targets`` carries ``TARGET_COLUMNS`` (nullable context allowed); ``days``
     are the distinct ``dt`` values among them (the as-of days to compute).
     """
-    as_of_days = sorted({day_num(d) for d in days})
+    as_of_days = sorted({day_number(d) for d in days})
     frame = _context(targets, cfg)
     keys_user = ["user_id", "as_of_day"]
     frame = frame.join(user_features(sources.events, as_of_days, cfg), keys_user, "left")

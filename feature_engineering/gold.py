@@ -1,13 +1,14 @@
 """The gold stage: silver -> examples, feature tables, vocabulary, spec.
 
-``run_gold`` (called by ``jobs/build_features.py --stage gold``) reads one
+``build_gold`` (called by ``jobs/build_features.py --stage gold``) reads one
 snapshot of silver/events, silver/items and silver/users and writes:
 
 - ``gold/item_text_embeddings`` (item_id, text_emb_*): the catalog encoded once;
 - ``gold/vocabulary`` (feature, value, index, count): train days only;
 - ``gold/user_features`` / ``gold/item_features``: point-in-time, by as-of ``dt``;
 - ``gold/examples``: one row per impression, partitioned by (split, dt);
-- ``gold/feature_spec``: one row per build with the spec and the table versions.
+- ``gold/feature_spec``: one row per build with the spec and the table versions
+  (``mtlrec.gold_snapshot.GoldSnapshot``), written last: it marks the build complete.
 
 Re-running for some days (``features.gold.days``) replaces exactly those days'
 partitions (whatever split they were in before). Vocabularies and statistics
@@ -28,7 +29,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -47,19 +47,14 @@ from feature_engineering.examples import (
 from feature_engineering.gold_config import GoldConfig
 from feature_engineering.labels import LABEL_COLUMNS, impression_labels
 from feature_engineering.point_in_time import (
-    day_num,
+    day_number,
     day_string,
+    days_before,
     item_features,
     user_affinities,
     user_features,
 )
-from feature_engineering.spec import (
-    SPEC_TABLE,
-    SpecRecord,
-    build_spec,
-    dense_statistics,
-    latest_record,
-)
+from feature_engineering.spec import build_spec, dense_statistics
 from feature_engineering.splits import SplitPlan, plan_splits
 from feature_engineering.text_embedding import (
     embedding_columns,
@@ -69,29 +64,27 @@ from feature_engineering.text_embedding import (
 )
 from feature_engineering.vocab import build_vocabulary, vocabulary_sizes
 from mtlrec.errors import InputError
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
-
-SILVER_TABLES = ("silver/events", "silver/items", "silver/users")
-EXAMPLES_TABLE = "gold/examples"
-VOCABULARY_TABLE = "gold/vocabulary"
-TEXT_TABLE = "gold/item_text_embeddings"
-USER_FEATURES_TABLE = "gold/user_features"
-ITEM_FEATURES_TABLE = "gold/item_features"
-
-if TYPE_CHECKING:  # the job passes its config in; the library never imports jobs at runtime
-    from jobs.config import PipelineConfig
+from mtlrec.tables import (
+    GOLD_EXAMPLES,
+    GOLD_FEATURE_SPEC,
+    GOLD_ITEM_FEATURES,
+    GOLD_ITEM_TEXT_EMBEDDINGS,
+    GOLD_USER_FEATURES,
+    GOLD_VOCABULARY,
+    SILVER_EVENTS,
+    SILVER_ITEMS,
+    SILVER_TABLES,
+    SILVER_USERS,
+)
 
 _log = get_logger("gold")
 
 
 class GoldError(InputError, RuntimeError):
     """The gold stage cannot run on this input or configuration."""
-
-
-def run_gold(spark: SparkSession, lake: Lake, cfg: PipelineConfig) -> None:
-    """Entry point of ``--stage gold``."""
-    build_gold(spark, lake, cfg.features.gold)
 
 
 @contextmanager
@@ -105,11 +98,6 @@ def _shuffle_partitions(spark: SparkSession, partitions: int | None) -> Iterator
     finally:
         if previous is not None:
             spark.conf.set(key, previous)
-
-
-def _days_before(day: str, count: int) -> list[str]:
-    end = dt.date.fromisoformat(day)
-    return [(end - dt.timedelta(days=i)).isoformat() for i in range(count, 0, -1)]
 
 
 def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
@@ -136,10 +124,10 @@ def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
         train = raw.where(F.col("split") == "train")
         vocab_version = lake.write_table(
             build_vocabulary(train, CATEGORICAL_SOURCES, cfg.vocab_min_count),
-            VOCABULARY_TABLE,
+            GOLD_VOCABULARY,
             mode="overwrite",
         ).version
-        vocabulary = lake.read_table(spark, VOCABULARY_TABLE, version=vocab_version).persist()
+        vocabulary = lake.read_table(spark, GOLD_VOCABULARY, version=vocab_version).persist()
         spec = build_spec(
             vocabulary_sizes(vocabulary, list(CATEGORICAL_SOURCES)),
             cfg.embedding_dim,
@@ -156,27 +144,27 @@ def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
         )
         written = lake.write_table(
             examples,
-            EXAMPLES_TABLE,
+            GOLD_EXAMPLES,
             mode="overwrite",
             partition_by=["split", "dt"],
-            replace_partitions=_partitions_of_days(lake, EXAMPLES_TABLE, days, plan.split_of()),
+            replace_partitions=_partitions_of_days(lake, GOLD_EXAMPLES, days, plan.split_of()),
         )
-        record = SpecRecord(
+        snapshot = GoldSnapshot(
             build_id=build_id,
             spec=spec,
             created_at=dt.datetime.now(dt.UTC),
-            days_written=days,
-            text_fingerprint=text.fingerprint if text else None,
-            source_versions=versions,
-            gold_versions={
-                EXAMPLES_TABLE: written.version,
-                VOCABULARY_TABLE: vocab_version,
-                TEXT_TABLE: text.version if text else None,
+            versions={
+                **versions,
+                GOLD_EXAMPLES: written.version,
+                GOLD_VOCABULARY: vocab_version,
+                GOLD_ITEM_TEXT_EMBEDDINGS: text.version if text else None,
                 **_write_feature_tables(lake, events, items, days, cfg),
             },
+            days_written=days,
+            text_fingerprint=text.fingerprint if text else None,
         )
         # The spec row goes last: it marks the build complete and names what it wrote.
-        lake.write_arrow(record.to_arrow(), SPEC_TABLE, mode="append")
+        lake.write_arrow(snapshot.to_arrow(), GOLD_FEATURE_SPEC, mode="append")
         for frame in (raw, vocabulary, events):
             frame.unpersist()
     log_stage(
@@ -197,7 +185,7 @@ def _plan_days(impressions: DataFrame, cfg: GoldConfig) -> tuple[SplitPlan, list
     """The split plan over the days holding impressions, and the days to write."""
     all_days = sorted(r["dt"] for r in impressions.select("dt").distinct().collect())
     if not all_days:
-        raise GoldError("silver/events holds no impressions")
+        raise GoldError(f"{SILVER_EVENTS} holds no impressions")
     plan = plan_splits(all_days, cfg.splits)
     split_of = plan.split_of()
     days = cfg.days if cfg.days is not None else sorted(split_of)
@@ -256,8 +244,8 @@ def _build_text_embeddings(
     fingerprint = hashlib.sha256(
         json.dumps(
             {
-                "items": versions["silver/items"],
-                "events": versions["silver/events"],
+                "items": versions[SILVER_ITEMS],
+                "events": versions[SILVER_EVENTS],
                 "train_days": plan.train,
                 "text": cfg.text.model_dump(),
             },
@@ -265,18 +253,26 @@ def _build_text_embeddings(
         ).encode()
     ).hexdigest()
     spark = items.sparkSession
-    previous = latest_record(lake)
-    if previous is not None and previous.get("text_fingerprint") == fingerprint:
-        version = int(previous[f"{TEXT_TABLE.replace('/', '_')}_version"])
-        _log.info("item text embeddings unchanged: reusing %s version %d", TEXT_TABLE, version)
-        return _TextEmbeddings(lake.read_table(spark, TEXT_TABLE, version), version, fingerprint)
+    previous = GoldSnapshot.latest(lake)
+    if previous is not None and previous.text_fingerprint == fingerprint:
+        version = previous.version(GOLD_ITEM_TEXT_EMBEDDINGS)
+        _log.info(
+            "item text embeddings unchanged: reusing %s version %d",
+            GOLD_ITEM_TEXT_EMBEDDINGS,
+            version,
+        )
+        return _TextEmbeddings(
+            lake.read_table(spark, GOLD_ITEM_TEXT_EMBEDDINGS, version), version, fingerprint
+        )
     vectors = encode_items(items, cfg.text).persist(StorageLevel.MEMORY_AND_DISK)
     train_items = impressions.where(F.col("dt").isin(plan.train)).select("item_id")
     projection = fit_projection(vectors, train_items, cfg.text)
-    result = lake.write_table(project(vectors, projection, cfg.text), TEXT_TABLE, mode="overwrite")
+    result = lake.write_table(
+        project(vectors, projection, cfg.text), GOLD_ITEM_TEXT_EMBEDDINGS, mode="overwrite"
+    )
     vectors.unpersist()
     assert result.version is not None
-    frame = lake.read_table(spark, TEXT_TABLE, version=result.version)
+    frame = lake.read_table(spark, GOLD_ITEM_TEXT_EMBEDDINGS, version=result.version)
     return _TextEmbeddings(frame, result.version, fingerprint)
 
 
@@ -296,7 +292,7 @@ def _write_feature_tables(
     lake: Lake, events: DataFrame, items: DataFrame, days: list[str], cfg: GoldConfig
 ) -> dict[str, int | None]:
     """gold/user_features and gold/item_features for ``days``, keyed by entity and as-of dt."""
-    as_of = [day_num(d) for d in days]
+    as_of = [day_number(d) for d in days]
     as_of_dt = day_string(F.col("as_of_day"))
     tops = user_affinities(events, as_of, cfg).select(
         "user_id", "as_of_day", *[f"user_top_{d}" for d in TOP_DIMENSIONS]
@@ -315,7 +311,7 @@ def _write_feature_tables(
     )
     replace = [{"dt": d} for d in days]
     versions: dict[str, int | None] = {}
-    for table, frame in ((USER_FEATURES_TABLE, users), (ITEM_FEATURES_TABLE, item_rows)):
+    for table, frame in ((GOLD_USER_FEATURES, users), (GOLD_ITEM_FEATURES, item_rows)):
         versions[table] = lake.write_table(
             frame, table, mode="overwrite", partition_by=["dt"], replace_partitions=replace
         ).version
@@ -344,12 +340,12 @@ def build_examples_for(
         ],
         F.lit(as_of_dt).alias("dt"),
     )
-    history_days = _days_before(as_of_dt, cfg.lookback_days)
-    events = lake.read_table(spark, "silver/events", filters=[("dt", "in", history_days)])
-    items = lake.read_table(spark, "silver/items")
-    users = lake.read_table(spark, "silver/users")
-    text = lake.read_table(spark, TEXT_TABLE) if cfg.text.enabled else None
+    history_days = days_before(as_of_dt, cfg.lookback_days)
+    events = lake.read_table(spark, SILVER_EVENTS, filters=[("dt", "in", history_days)])
+    items = lake.read_table(spark, SILVER_ITEMS)
+    users = lake.read_table(spark, SILVER_USERS)
+    text = lake.read_table(spark, GOLD_ITEM_TEXT_EMBEDDINGS) if cfg.text.enabled else None
     frame = feature_frame(targets, FeatureSources(events, items, users, text), [as_of_dt], cfg)
-    vocabulary = lake.read_table(spark, VOCABULARY_TABLE)
+    vocabulary = lake.read_table(spark, GOLD_VOCABULARY)
     text_columns = embedding_columns(cfg.text) if cfg.text.enabled else []
     return encode(frame, vocabulary, cfg, text_columns)

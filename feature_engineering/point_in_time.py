@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import overload
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -39,23 +40,31 @@ class DenseDefaults:
         return frame.fillna(dict[str, bool | float | int | str](self.values))
 
 
-def day_number(dt_column: Column) -> Column:
-    """Days since 1970-01-01 of a 'YYYY-MM-DD' string column."""
-    return F.datediff(F.to_date(dt_column), F.lit(_EPOCH).cast("date"))
+@overload
+def day_number(day: str) -> int: ...
+@overload
+def day_number(day: Column) -> Column: ...
+def day_number(day: str | Column) -> int | Column:
+    """Days since 1970-01-01 of a 'YYYY-MM-DD' day: of a string in Python, or of a string
+    column in Spark (one definition of the epoch for both)."""
+    if isinstance(day, str):
+        return (dt.date.fromisoformat(day) - dt.date.fromisoformat(_EPOCH)).days
+    return F.datediff(F.to_date(day), F.lit(_EPOCH).cast("date"))
 
 
-def day_num(day: str) -> int:
-    """Python twin of ``day_number``."""
-    return (dt.date.fromisoformat(day) - dt.date.fromisoformat(_EPOCH)).days
+def days_before(day: str, count: int) -> list[str]:
+    """The ``count`` days strictly before ``day`` (YYYY-MM-DD), oldest first."""
+    end = dt.date.fromisoformat(day)
+    return [(end - dt.timedelta(days=i)).isoformat() for i in range(count, 0, -1)]
 
 
-def day_string(day_num: Column) -> Column:
+def day_string(day: Column) -> Column:
     """Inverse of ``day_number``."""
-    return F.date_format(F.date_add(F.lit(_EPOCH).cast("date"), day_num), "yyyy-MM-dd")
+    return F.date_format(F.date_add(F.lit(_EPOCH).cast("date"), day), "yyyy-MM-dd")
 
 
-def day_start_seconds(day_num: Column) -> Column:
-    return day_num.cast("double") * F.lit(_SECONDS_PER_DAY)
+def day_start_seconds(day: Column) -> Column:
+    return day.cast("double") * F.lit(_SECONDS_PER_DAY)
 
 
 def _count(event_type: str) -> Column:

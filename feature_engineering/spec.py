@@ -1,32 +1,26 @@
-"""The FeatureSpec of a gold build and its row in ``gold/feature_spec``."""
+"""The FeatureSpec of a gold build (its row in ``gold/feature_spec`` is
+``mtlrec.gold_snapshot.GoldSnapshot``)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from feature_engineering.splits import SplitPlan
 from mtlrec.feature_spec import (
-    SPEC_FORMAT_VERSION,
     CategoricalFeature,
     DenseFeature,
     EmbeddingFeature,
     FeatureSpec,
     TaskSpec,
 )
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 
 TEXT_EMBEDDING_NAME = "item_text"
-SPEC_TABLE = "gold/feature_spec"
 TASKS = [
     TaskSpec(name="click", type="binary", label_column="label_click"),
     TaskSpec(name="add_to_cart", type="binary", label_column="label_add_to_cart", parent="click"),
@@ -85,63 +79,7 @@ def build_spec(
     )
 
 
-@dataclass(frozen=True)
-class SpecRecord:
-    """One row of gold/feature_spec: the spec and the table versions it describes."""
-
-    build_id: str
-    spec: FeatureSpec
-    created_at: datetime
-    days_written: list[str]
-    text_fingerprint: str | None
-    source_versions: Mapping[str, int]
-    gold_versions: Mapping[str, int | None]
-
-    def to_arrow(self) -> pa.Table:
-        row: dict[str, object] = {
-            "build_id": self.build_id,
-            "spec_format_version": SPEC_FORMAT_VERSION,
-            "spec_json": self.spec.to_json(),
-            "created_at": self.created_at,
-            "days_written": self.days_written,
-            "text_fingerprint": self.text_fingerprint,
-        }
-        for table, version in {**self.source_versions, **self.gold_versions}.items():
-            row[_version_column(table)] = version
-        fields = [
-            pa.field("build_id", pa.string()),
-            pa.field("spec_format_version", pa.int32()),
-            pa.field("spec_json", pa.string()),
-            pa.field("created_at", pa.timestamp("us", tz="UTC")),
-            pa.field("days_written", pa.list_(pa.string())),
-            pa.field("text_fingerprint", pa.string()),
-        ] + [
-            pa.field(_version_column(t), pa.int64())
-            for t in [*self.source_versions, *self.gold_versions]
-        ]
-        return pa.Table.from_pylist([row], schema=pa.schema(fields))
-
-
-def _version_column(table: str) -> str:
-    """'silver/events' -> 'silver_events_version'."""
-    return table.replace("/", "_") + "_version"
-
-
-def latest_record(lake: Lake) -> dict[str, Any] | None:
-    """The newest build's row of gold/feature_spec, or None before the first build."""
-    if not lake.exists(SPEC_TABLE):
-        return None
-    # Read the snapshot's files directly: deltalake's own Arrow reader needs pyarrow >= 15.
-    rows = []
-    for uri in lake.snapshot_files(SPEC_TABLE):
-        filesystem, path = pafs.FileSystem.from_uri(uri)
-        rows += pq.read_table(path, filesystem=filesystem).to_pylist()
-    return max(rows, key=lambda r: (r["created_at"], r["build_id"])) if rows else None
-
-
 def read_latest_spec(lake: Lake) -> FeatureSpec:
-    """The spec of the newest build in gold/feature_spec (for training and scoring)."""
-    record = latest_record(lake)
-    if record is None:
-        raise ValueError(f"{SPEC_TABLE} holds no build under {lake.root}")
-    return FeatureSpec.from_json(record["spec_json"])
+    """The spec of the newest build (``GoldSnapshot.resolve``; a job that also reads the
+    build's tables should keep the snapshot itself and read its versions)."""
+    return GoldSnapshot.resolve(lake).spec

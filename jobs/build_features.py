@@ -68,9 +68,9 @@ def run_stages(stage: str, cfg: PipelineConfig, days: list[str] | None, run_id: 
     if stage in ("silver", "all"):
         run_silver(spark, lake, raw_root, cfg.features, days, run_id)
     if stage in ("gold", "all"):
-        from feature_engineering.gold import run_gold  # the gold stage lives in its own module
+        from feature_engineering.gold import build_gold  # the gold stage lives in its own module
 
-        run_gold(spark, lake, cfg)
+        build_gold(spark, lake, cfg.features.gold)
 
 
 def main(argv: list[str] | None = None) -> int:

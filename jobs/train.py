@@ -8,7 +8,8 @@ On a Ray cluster (run from the project root):
         python -m jobs.train --config cluster_configs/cluster_s3.yaml --ray-address auto
 
 Outputs in <run.storage_path>/<run name>/: model.pt (loads with weights_only=True),
-metrics.json (per-epoch history, final val/test metrics, the Delta versions read),
+metrics.json (per-epoch history, final val/test metrics, the gold build and the Delta
+versions read, the Ray it ran on),
 config.json, curves.png, tensorboard/ and Ray's checkpoints.
 """
 
@@ -26,6 +27,7 @@ from jobs.config import PipelineConfig, job_config
 from mtlrec import private_network
 from mtlrec.config import add_config_arguments
 from mtlrec.errors import InputError, run_job
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
 
@@ -120,8 +122,8 @@ def _needs_outside_network(cfg: PipelineConfig) -> str | None:
     return None
 
 
-class TrainInputError(InputError):
-    """A run that cannot start: its name, its resume point or its input tables."""
+class RunNameError(InputError):
+    """A run that cannot start under this name or resume point."""
 
 
 def main(argv: list[str] | None = None, *, may_reexec: bool = False) -> int:
@@ -151,7 +153,7 @@ def _train(argv: list[str] | None, may_reexec: bool) -> None:
     run_name = args.resume or cfg.run.name or f"mtl-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     if not _RUN_NAME.fullmatch(run_name):
         # The name is a directory under run.storage_path: nothing may point outside it.
-        raise TrainInputError(
+        raise RunNameError(
             f"invalid run name {run_name!r}: use letters, digits, '.', '_' and '-' "
             "(starting with a letter or digit)"
         )
@@ -172,30 +174,30 @@ def _train(argv: list[str] | None, may_reexec: bool) -> None:
     if args.resume is not None:
         resume_from = newest_readable_checkpoint(run_dir)
         if resume_from is None:
-            raise TrainInputError(f"no readable checkpoint under {run_dir} to resume")
+            raise RunNameError(f"no readable checkpoint under {run_dir} to resume")
         _log.info("resuming %s from %s", run_name, resume_from.path)
 
+    # The gold build is resolved once, here; the workers read exactly its versions. No
+    # build, an empty split, too few row groups: one line (exit 2) before Ray starts.
     lake = Lake.from_config(cfg.lake)
-    try:  # missing tables, an empty split, too few row groups: one line, before Ray starts
-        inputs = resolve_inputs(lake, cfg.run)
-        train_rows_for(inputs, ray_cfg.num_workers)
-    except (FileNotFoundError, ValueError) as exc:
-        raise TrainInputError(str(exc)) from None
-    versions = inputs.table_versions
+    snapshot = GoldSnapshot.resolve(lake)
+    inputs = resolve_inputs(lake, snapshot, cfg.run)
+    train_rows_for(inputs, ray_cfg.num_workers)
     cluster = init_ray(ray_cfg)
     _log.info(
-        "run %s: %s on %d %s worker(s), %d epoch(s)",
+        "run %s: %s on %d %s worker(s), %d epoch(s), gold build %s",
         run_name,
         cfg.model.architecture,
         ray_cfg.num_workers,
         "GPU" if ray_cfg.use_gpu else "CPU",
         cfg.train.epochs,
+        snapshot.build_id,
     )
-    result = run_training(lake, bundle, run_name, resume_from)
+    result = run_training(inputs, bundle, run_name, resume_from)
     if result.error is not None:
         raise result.error
     assert result.checkpoint is not None
-    outcome = finalize_run(run_dir, result.checkpoint, bundle, versions, cluster)
+    outcome = finalize_run(run_dir, result.checkpoint, bundle, snapshot, cluster)
     write_curves(run_dir, outcome.history)
     if cfg.run.mlflow_tracking_uri:
         log_to_mlflow(cfg.run.mlflow_tracking_uri, run_name, cfg, outcome.history)

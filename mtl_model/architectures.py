@@ -51,12 +51,15 @@ def mlp_out_dim(in_dim: int, hidden: list[int]) -> int:
 class Tower(nn.Module):
     """Task head: an MLP and one output unit (a logit or a regression value)."""
 
-    def __init__(self, in_dim: int, cfg: ModelConfig) -> None:
+    def __init__(
+        self, in_dim: int, hidden: list[int], activation: Activation, dropout: float
+    ) -> None:
         super().__init__()
-        self.body = mlp(in_dim, cfg.tower_hidden, cfg.activation, cfg.dropout)
-        self.out = nn.Linear(mlp_out_dim(in_dim, cfg.tower_hidden), 1)
+        self.body = mlp(in_dim, hidden, activation, dropout)
+        self.out = nn.Linear(mlp_out_dim(in_dim, hidden), 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[B, in_dim]`` -> ``[B]``."""
         return self.out(self.body(x)).squeeze(-1)
 
 
@@ -69,8 +72,29 @@ def _last_linear_parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
     return params
 
 
+def _feature_layer(spec: FeatureSpec, cfg: ModelConfig) -> FeatureLayer:
+    return FeatureLayer(
+        spec,
+        embedding_dim=cfg.embedding_dim,
+        text_projection_dim=cfg.text_projection_dim,
+        cross_layers=cfg.cross.num_layers if cfg.cross.enabled else 0,
+        cross_low_rank=cfg.cross.low_rank,
+    )
+
+
+def _towers(in_dim: int, count: int, cfg: ModelConfig) -> nn.ModuleList:
+    return nn.ModuleList(
+        Tower(in_dim, cfg.tower_hidden, cfg.activation, cfg.dropout) for _ in range(count)
+    )
+
+
 class MultiTaskModel(nn.Module):
-    """Base class: task metadata, funnel chaining and the module groups transfer needs."""
+    """Base class: task metadata, funnel chaining and the module groups transfer needs.
+
+    The models below are the only place that reads ``ModelConfig``: they translate it
+    into the plain numbers their building blocks (``FeatureLayer``, ``Tower``,
+    ``CGCLevel``, ``mlp``) take.
+    """
 
     entire_space: bool = False
 
@@ -134,16 +158,17 @@ class SingleTaskModel(MultiTaskModel):
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig) -> None:
         super().__init__(spec, cfg)
-        layers = [FeatureLayer(spec, cfg) for _ in self.task_names]
+        layers = [_feature_layer(spec, cfg) for _ in self.task_names]
         self.features = nn.ModuleList(layers)
         dim = layers[0].output_dim
         self.bottoms = nn.ModuleList(
             mlp(dim, cfg.bottom_hidden, cfg.activation, cfg.dropout) for _ in self.task_names
         )
         tower_in = mlp_out_dim(dim, cfg.bottom_hidden)
-        self.towers = nn.ModuleList(Tower(tower_in, cfg) for _ in self.task_names)
+        self.towers = _towers(tower_in, len(self.task_names), cfg)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """``{column: [B]}`` -> ``{task: [B]}``, each task through its own layers."""
         return {
             task: tower(bottom(features(batch)))
             for task, features, bottom, tower in zip(
@@ -165,13 +190,14 @@ class SingleTaskModel(MultiTaskModel):
 class SharedBottomModel(MultiTaskModel):
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig) -> None:
         super().__init__(spec, cfg)
-        self.features = FeatureLayer(spec, cfg)
+        self.features = _feature_layer(spec, cfg)
         self.bottom = mlp(self.features.output_dim, cfg.bottom_hidden, cfg.activation, cfg.dropout)
         tower_in = mlp_out_dim(self.features.output_dim, cfg.bottom_hidden)
-        self.towers = nn.ModuleList(Tower(tower_in, cfg) for _ in self.task_names)
+        self.towers = _towers(tower_in, len(self.task_names), cfg)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        shared = self.bottom(self.features(batch))
+        """``{column: [B]}`` -> ``{task: [B]}``."""
+        shared = self.bottom(self.features(batch))  # [B, H]
         towers = zip(self.task_names, self.towers, strict=True)
         return {task: tower(shared) for task, tower in towers}
 
@@ -194,18 +220,19 @@ def _mix(gate_logits: Tensor, experts: Tensor) -> Tensor:
 class MMoEModel(MultiTaskModel):
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig) -> None:
         super().__init__(spec, cfg)
-        self.features = FeatureLayer(spec, cfg)
+        self.features = _feature_layer(spec, cfg)
         dim = self.features.output_dim
         self.experts = nn.ModuleList(
             mlp(dim, cfg.expert_hidden, cfg.activation, cfg.dropout) for _ in range(cfg.num_experts)
         )
         self.gates = nn.ModuleList(nn.Linear(dim, cfg.num_experts) for _ in self.task_names)
         expert_dim = mlp_out_dim(dim, cfg.expert_hidden)
-        self.towers = nn.ModuleList(Tower(expert_dim, cfg) for _ in self.task_names)
+        self.towers = _towers(expert_dim, len(self.task_names), cfg)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        x = self.features(batch)
-        experts = torch.stack([expert(x) for expert in self.experts], dim=1)
+        """``{column: [B]}`` -> ``{task: [B]}``."""
+        x = self.features(batch)  # [B, D]
+        experts = torch.stack([expert(x) for expert in self.experts], dim=1)  # [B, E, De]
         return {
             task: tower(_mix(gate(x), experts))
             for task, gate, tower in zip(self.task_names, self.gates, self.towers, strict=True)
@@ -228,25 +255,39 @@ class CGCLevel(nn.Module):
     that feeds the next level's shared experts.
     """
 
-    def __init__(self, in_dim: int, num_tasks: int, cfg: ModelConfig, last: bool) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_tasks: int,
+        *,
+        task_experts: int,
+        shared_experts: int,
+        expert_hidden: list[int],
+        activation: Activation,
+        dropout: float,
+        last: bool,
+    ) -> None:
         super().__init__()
 
         def expert() -> nn.Module:
-            return mlp(in_dim, cfg.expert_hidden, cfg.activation, cfg.dropout)
+            return mlp(in_dim, expert_hidden, activation, dropout)
 
-        k, s = cfg.ple_task_experts, cfg.ple_shared_experts
+        k, s = task_experts, shared_experts
         self.task_experts = nn.ModuleList(
             nn.ModuleList(expert() for _ in range(k)) for _ in range(num_tasks)
         )
         self.shared_experts = nn.ModuleList(expert() for _ in range(s))
         self.task_gates = nn.ModuleList(nn.Linear(in_dim, k + s) for _ in range(num_tasks))
         self.shared_gate = None if last else nn.Linear(in_dim, num_tasks * k + s)
-        self.output_dim = mlp_out_dim(in_dim, cfg.expert_hidden)
+        self.output_dim = mlp_out_dim(in_dim, expert_hidden)
 
     def forward(
         self, task_inputs: list[Tensor], shared_input: Tensor
     ) -> tuple[list[Tensor], Tensor]:
-        shared = [e(shared_input) for e in self.shared_experts]
+        """T task inputs ``[B, in_dim]`` and the shared input ``[B, in_dim]`` -> T task
+        outputs ``[B, output_dim]`` and the next level's shared input (``[B, output_dim]``;
+        the last level returns its shared input unchanged)."""
+        shared = [e(shared_input) for e in self.shared_experts]  # S x [B, output_dim]
         own_all: list[Tensor] = []
         task_outputs: list[Tensor] = []
         for x, experts, gate in zip(task_inputs, self.task_experts, self.task_gates, strict=True):
@@ -262,18 +303,28 @@ class CGCLevel(nn.Module):
 class PLEModel(MultiTaskModel):
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig) -> None:
         super().__init__(spec, cfg)
-        self.features = FeatureLayer(spec, cfg)
+        self.features = _feature_layer(spec, cfg)
         dim = self.features.output_dim
         levels: list[CGCLevel] = []
         for i in range(cfg.ple_levels):
-            level = CGCLevel(dim, len(self.task_names), cfg, last=i == cfg.ple_levels - 1)
+            level = CGCLevel(
+                dim,
+                len(self.task_names),
+                task_experts=cfg.ple_task_experts,
+                shared_experts=cfg.ple_shared_experts,
+                expert_hidden=cfg.expert_hidden,
+                activation=cfg.activation,
+                dropout=cfg.dropout,
+                last=i == cfg.ple_levels - 1,
+            )
             levels.append(level)
             dim = level.output_dim
         self.levels = nn.ModuleList(levels)
-        self.towers = nn.ModuleList(Tower(dim, cfg) for _ in self.task_names)
+        self.towers = _towers(dim, len(self.task_names), cfg)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        x = self.features(batch)
+        """``{column: [B]}`` -> ``{task: [B]}``."""
+        x = self.features(batch)  # [B, D]
         task_inputs, shared = [x] * len(self.task_names), x
         for level in self.levels:
             task_inputs, shared = level(task_inputs, shared)
@@ -305,16 +356,17 @@ class ESMMModel(MultiTaskModel):
 
     def __init__(self, spec: FeatureSpec, cfg: ModelConfig) -> None:
         super().__init__(spec, cfg)
-        self.features = FeatureLayer(spec, cfg)
+        self.features = _feature_layer(spec, cfg)
         dim = self.features.output_dim
         self.bottoms = nn.ModuleList(
             mlp(dim, cfg.bottom_hidden, cfg.activation, cfg.dropout) for _ in self.task_names
         )
         tower_in = mlp_out_dim(dim, cfg.bottom_hidden)
-        self.towers = nn.ModuleList(Tower(tower_in, cfg) for _ in self.task_names)
+        self.towers = _towers(tower_in, len(self.task_names), cfg)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        x = self.features(batch)
+        """``{column: [B]}`` -> ``{task: [B]}`` (one [B, D] feature vector shared)."""
+        x = self.features(batch)  # [B, D]
         return {
             task: tower(bottom(x))
             for task, bottom, tower in zip(self.task_names, self.bottoms, self.towers, strict=True)

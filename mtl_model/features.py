@@ -1,9 +1,11 @@
 """Feature layer: turns a batch of gold/examples columns into one dense vector per row.
 
-Built only from the ``FeatureSpec``: one embedding table per categorical
-feature (row 0 is the out-of-vocabulary bucket), dense features normalised
-with the spec's mean/std, pretrained embedding groups stacked in spec order
-(optionally projected), and an optional DCN-v2 cross network on top.
+Built from the ``FeatureSpec`` and plain numbers (the model translates its config): one
+embedding table per categorical feature (row 0 is the out-of-vocabulary bucket), dense
+features normalised with the spec's mean/std, pretrained embedding groups stacked in spec
+order (optionally projected), and an optional DCN-v2 cross network on top.
+
+Shapes: B rows per batch; every input column is ``[B]``; the output is ``[B, output_dim]``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from mtl_model.config import CrossConfig, ModelConfig
 from mtlrec.feature_spec import FeatureSpec
 
 Batch = dict[str, Tensor]
@@ -25,17 +26,18 @@ class CrossNetworkV2(nn.Module):
     With ``low_rank`` set, ``W_l = U_l V_l^T`` (the paper's cost-efficient form).
     """
 
-    def __init__(self, dim: int, cfg: CrossConfig) -> None:
+    def __init__(self, dim: int, num_layers: int, low_rank: int | None = None) -> None:
         super().__init__()
         self.layers = nn.ModuleList()
-        for _ in range(cfg.num_layers):
-            if cfg.low_rank is None:
+        for _ in range(num_layers):
+            if low_rank is None:
                 self.layers.append(nn.Linear(dim, dim))
             else:
-                down = nn.Linear(dim, cfg.low_rank, bias=False)
-                self.layers.append(nn.Sequential(down, nn.Linear(cfg.low_rank, dim)))
+                down = nn.Linear(dim, low_rank, bias=False)
+                self.layers.append(nn.Sequential(down, nn.Linear(low_rank, dim)))
 
     def forward(self, x0: Tensor) -> Tensor:
+        """``[B, dim]`` -> ``[B, dim]``."""
         x = x0
         for layer in self.layers:
             x = x0 * layer(x) + x
@@ -43,12 +45,26 @@ class CrossNetworkV2(nn.Module):
 
 
 class FeatureLayer(nn.Module):
-    """Batch -> ``[B, output_dim]`` float tensor."""
+    """Batch -> ``[B, output_dim]`` float tensor.
+
+    ``embedding_dim``: the width of every categorical table (None: each feature's width in
+    the spec); ``text_projection_dim``: the width each pretrained embedding group is
+    projected to (0: fed as is); ``cross_layers``: DCN-v2 layers on top (0: none), of rank
+    ``cross_low_rank`` (None: full rank).
+    """
 
     dense_mean: Tensor
     dense_std: Tensor
 
-    def __init__(self, spec: FeatureSpec, cfg: ModelConfig) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        embedding_dim: int | None,
+        text_projection_dim: int,
+        cross_layers: int = 0,
+        cross_low_rank: int | None = None,
+    ) -> None:
         super().__init__()
         if not (spec.categorical or spec.dense or spec.embeddings):
             raise ValueError("feature spec lists no feature columns")
@@ -57,7 +73,7 @@ class FeatureLayer(nn.Module):
         self.embedding_groups = [list(e.columns) for e in spec.embeddings]
         # A list, not a dict: feature names may contain characters ModuleDict rejects.
         self.embeddings = nn.ModuleList(
-            nn.Embedding(f.vocab_size, cfg.embedding_dim or f.embedding_dim)
+            nn.Embedding(f.vocab_size, embedding_dim or f.embedding_dim)
             for f in spec.categorical
         )
         for table in self.tables():
@@ -69,15 +85,13 @@ class FeatureLayer(nn.Module):
             "dense_std", torch.tensor([f.std for f in spec.dense], dtype=torch.float32)
         )
         self.projections = nn.ModuleList(
-            nn.Linear(len(cols), cfg.text_projection_dim)
-            if cfg.text_projection_dim > 0
-            else nn.Identity()
+            nn.Linear(len(cols), text_projection_dim) if text_projection_dim > 0 else nn.Identity()
             for cols in self.embedding_groups
         )
         width = sum(table.embedding_dim for table in self.tables()) + len(self.dense_names)
         for cols in self.embedding_groups:
-            width += cfg.text_projection_dim if cfg.text_projection_dim > 0 else len(cols)
-        self.cross = CrossNetworkV2(width, cfg.cross) if cfg.cross.enabled else None
+            width += text_projection_dim if text_projection_dim > 0 else len(cols)
+        self.cross = CrossNetworkV2(width, cross_layers, cross_low_rank) if cross_layers else None
         self.output_dim = width
 
     def tables(self) -> list[nn.Embedding]:
@@ -85,18 +99,19 @@ class FeatureLayer(nn.Module):
         return cast(list[nn.Embedding], list(self.embeddings))
 
     def forward(self, batch: Batch) -> Tensor:
+        """``{column: [B]}`` -> ``[B, output_dim]``: the parts below, concatenated."""
         parts: list[Tensor] = []
         for name, table in zip(self.categorical_names, self.tables(), strict=True):
             index = batch[name].long()
             # Indices outside the table (a newer vocabulary, corrupt rows) fall to OOV row 0.
             valid = (index >= 0) & (index < table.num_embeddings)
-            parts.append(table(torch.where(valid, index, torch.zeros_like(index))))
+            parts.append(table(torch.where(valid, index, torch.zeros_like(index))))  # [B, E_i]
         if self.dense_names:
-            raw = torch.stack([batch[name].float() for name in self.dense_names], dim=-1)
+            raw = torch.stack([batch[name].float() for name in self.dense_names], dim=-1)  # [B, Dn]
             # Missing dense values (NaN) become the mean, i.e. 0 after normalising.
             parts.append(torch.nan_to_num((raw - self.dense_mean) / self.dense_std, nan=0.0))
         for cols, projection in zip(self.embedding_groups, self.projections, strict=True):
-            vector = torch.stack([batch[c].float() for c in cols], dim=-1)
-            parts.append(projection(torch.nan_to_num(vector, nan=0.0)))
+            vector = torch.stack([batch[c].float() for c in cols], dim=-1)  # [B, len(cols)]
+            parts.append(projection(torch.nan_to_num(vector, nan=0.0)))  # [B, P]
         x = torch.cat(parts, dim=-1)
         return self.cross(x) if self.cross is not None else x

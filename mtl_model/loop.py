@@ -15,16 +15,19 @@ wrapped in ``DistributedDataParallel``. For data-parallel training:
 
 ``EpochStats.data_wait_share`` is the share of the epoch spent waiting for the
 next batch (the input pipeline) rather than computing.
+
+``fit`` drives the epochs (train, validate, early stopping, best weights, one history
+record per epoch) for every run: in-process (tests, the quality benchmark) and on each
+Ray Train worker (``mtl_model.ray_train``), which adds only what Ray needs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from mtl_model.architectures import MultiTaskModel
+from mtl_model.checkpoint import TrainState, copy_weights
 from mtl_model.config import EarlyStoppingConfig, ScheduleConfig, TrainConfig
 from mtl_model.distill import distillation_losses
 from mtl_model.features import Batch
@@ -262,7 +266,11 @@ def evaluate(
 
 
 class EarlyStopping:
-    """Tracks one metric across epochs; ``update`` returns True when training should stop."""
+    """Tracks one metric across epochs; ``update`` returns True when training should stop.
+
+    Its whole state is ``best``, ``best_epoch`` and ``epochs_without_improvement``, saved
+    and restored through ``state_dict`` / ``load_state_dict`` with the rest of a checkpoint.
+    """
 
     def __init__(self, cfg: EarlyStoppingConfig) -> None:
         self.cfg = cfg
@@ -292,52 +300,112 @@ class EarlyStopping:
             self.epochs_without_improvement += 1
         return self.epochs_without_improvement > self.cfg.patience
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "epochs_without_improvement": self.epochs_without_improvement,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = state["best"]
+        self.best_epoch = int(state["best_epoch"])
+        self.epochs_without_improvement = int(state["epochs_without_improvement"])
+
 
 @dataclass
-class FitResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    stopped_early: bool = False
+class EpochBatches:
+    """One epoch's training input.
+
+    ``max_steps``: train at most this many steps (data-parallel ranks agree on the smallest
+    shard's batch count, so none waits forever for a missing all-reduce). ``finish``:
+    called after the epoch; returns the rows this rank read (a Petastorm shard drains and
+    verifies its row count there). Without it the rows read are the examples trained on.
+    """
+
+    batches: Iterable[Batch]
+    max_steps: int | None = None
+    finish: Callable[[], int] | None = None
+
+
+EpochCallback = Callable[[dict[str, float], TrainState], None]
+
+
+def _prefixed(log: Logger | None, prefix: str) -> Logger | None:
+    return None if log is None else lambda line: log(prefix + line)
 
 
 def fit(
     model: nn.Module,
-    train_batches: Callable[[int], Iterable[Batch]],
+    train_batches: Callable[[int], EpochBatches],
     val_batches: Callable[[], Iterable[EvalBatch]],
     spec: FeatureSpec,
     cfg: TrainConfig,
     *,
     steps_per_epoch: int | None = None,
+    resume: TrainState | None = None,
     teacher: MultiTaskModel | None = None,
     process_group: dist.ProcessGroup | None = None,
+    on_epoch: EpochCallback | None = None,
     log: Logger | None = None,
-) -> FitResult:
-    """Epochs of ``train_epoch`` + ``evaluate`` with early stopping; restores the best weights.
+) -> TrainState:
+    """The epoch driver of every training run, in-process or on Ray Train workers.
 
-    ``train_batches(epoch)`` yields that epoch's (reshuffled) batches; ``steps_per_epoch``
-    sets the cosine horizon unless ``train.schedule.total_steps`` does.
+    Per epoch: ``train_epoch`` over ``train_batches(epoch)``, ``evaluate`` on
+    ``val_batches()``, early stopping on ``train.early_stopping.metric``, one history
+    record, then ``on_epoch(record, state)`` (the Ray worker reports and checkpoints
+    there). ``resume`` continues from a saved state. At the end the model holds the best
+    epoch's weights; the returned state is the last epoch's. ``steps_per_epoch`` sets the
+    cosine horizon unless ``train.schedule.total_steps`` does.
     """
     core = unwrap(model)
-    weighting = build_weighting(core, cfg.weighting).to(next(core.parameters()).device)
+    device = next(core.parameters()).device
+    weighting = build_weighting(core, cfg.weighting).to(device)
     optimizer = build_optimizer(model, weighting, cfg)
     horizon = steps_per_epoch * cfg.epochs if steps_per_epoch is not None else None
     scheduler = build_scheduler(optimizer, cfg, horizon)
     stopper = EarlyStopping(cfg.early_stopping)
-    result = FitResult()
-    best_state = copy.deepcopy(core.state_dict())
-    for epoch in range(cfg.epochs):
+    state = TrainState(
+        epoch=-1,
+        model=copy_weights(core),
+        best_model=copy_weights(core),
+        weighting=weighting.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        early_stopping=stopper.state_dict(),
+        history=[],
+    )
+    if resume is not None:
+        core.load_state_dict(resume.model)
+        weighting.load_state_dict(resume.weighting)
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        stopper.load_state_dict(resume.early_stopping)
+        state = resume
+    distributed = _distributed(process_group)
+
+    for epoch in range(state.epoch + 1, cfg.epochs):
+        started = time.monotonic()
+        data = train_batches(epoch)
         stats = train_epoch(
             model,
-            train_batches(epoch),
+            data.batches,
             optimizer,
             weighting,
             cfg,
             scheduler=scheduler,
             process_group=process_group,
+            max_steps=data.max_steps,
             teacher=teacher,
-            log=log,
+            log=_prefixed(log, f"epoch {epoch} "),
         )
+        rows_read = data.finish() if data.finish is not None else stats.examples
+        seconds = time.monotonic() - started
+        examples = stats.examples
+        if distributed:
+            counted = torch.tensor([examples], dtype=torch.int64, device=device)
+            dist.all_reduce(counted, group=process_group)
+            examples = int(counted.item())
         metrics = evaluate(
             model,
             val_batches(),
@@ -345,24 +413,39 @@ def fit(
             process_group=process_group,
             group_column=cfg.gauc_group_column,
         )
+        stop = stopper.update(epoch, metrics)
         record = {
             "epoch": float(epoch),
             "train/loss": stats.loss,
+            **{f"train/loss_{task}": value for task, value in stats.task_losses.items()},
+            **{f"train/weight_{task}": value for task, value in stats.task_weights.items()},
+            "train/samples_per_s": examples / max(seconds, 1e-9),
             "train/data_wait_share": stats.data_wait_share,
-            **metrics,
+            "train/rows_read_rank0": float(rows_read),
+            "lr": stats.lr,
+            **{f"val/{key}": value for key, value in metrics.items()},
         }
-        result.history.append(record)
-        stop = stopper.update(epoch, metrics)
-        if stopper.best_epoch == epoch:
-            best_state = copy.deepcopy(core.state_dict())
-            result.best_epoch, result.best_metrics = epoch, metrics
+        state = TrainState(
+            epoch=epoch,
+            model=copy_weights(core),
+            best_model=copy_weights(core) if stopper.best_epoch == epoch else state.best_model,
+            weighting=weighting.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            early_stopping=stopper.state_dict(),
+            history=[*state.history, record],
+        )
         if log is not None:
             log(
-                f"epoch {epoch}: train loss {stats.loss:.4f}, "
-                f"{cfg.early_stopping.metric} {metrics[cfg.early_stopping.metric]:.4f}"
+                f"epoch {epoch}: {record['train/samples_per_s']:.0f} samples/s, data wait "
+                f"{100 * stats.data_wait_share:.0f}%, loss {stats.loss:.4f} ("
+                + ", ".join(f"{t} {v:.4f}" for t, v in stats.task_losses.items())
+                + "), val "
+                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("/auc"))
             )
+        if on_epoch is not None:
+            on_epoch(record, state)
         if stop:
-            result.stopped_early = True
             break
-    core.load_state_dict(best_state)
-    return result
+    core.load_state_dict(state.best_model)
+    return state

@@ -1,21 +1,19 @@
-"""Data-parallel training on Ray Train: the per-worker loop and the driver that launches it.
+"""Data-parallel training on Ray Train: the driver that launches it and what each worker adds.
 
-The driver (``run_training``) resolves the Delta snapshot of ``gold/examples``
-once — the file list of each split, the table version, the feature spec — and
-hands it to every worker, so all ranks read the same snapshot even if the table
-moves on during the run. Each worker (``worker_loop``) then runs the plain
-loop of ``mtl_model.loop`` over its Petastorm shard:
+The job resolves the gold snapshot once (``GoldSnapshot``: the spec row and the table
+versions it names) and ``resolve_inputs`` pins the file list of each split of
+``gold/examples`` at exactly that version, so every rank reads the same snapshot even if
+gold is rebuilt during the run. Each worker (``worker_loop``) runs the one epoch driver,
+``mtl_model.loop.fit``, over its Petastorm shard, adding only what Ray needs:
 
-    for epoch:
-        agree on a bounded step count (all-reduce MIN of every rank's batches)
-        train_epoch(...)              # DDP (gloo on CPU, NCCL on GPU)
-        verify the rows this rank read against its row groups' metadata
-        evaluate on split=val         # metric state merged exactly across ranks
-        checkpoint (rank 0) + ray.train.report(...)
+    the process group and the DDP model        (ray.train.torch.prepare_model)
+    this rank's shard, per epoch               (the ranks agree on the smallest step count)
+    after each epoch: the rows read verified,
+    the TrainState checkpoint (rank 0) and ray.train.report(...)
 
 Worker failures restart the group from the last reported checkpoint (Ray's
-FailureConfig); ``resume`` restarts a stopped run from its newest readable
-checkpoint, falling back to an older one if the newest is corrupt.
+FailureConfig); ``resume`` restarts a stopped run from its newest readable checkpoint,
+falling back to an older one if the newest is corrupt.
 """
 
 from __future__ import annotations
@@ -25,11 +23,9 @@ import logging
 import os
 import socket
 import tempfile
-import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,70 +39,62 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from mtl_model.architectures import MultiTaskModel, build_model
 from mtl_model.artifact import artifact_from_model, load_artifact, save_artifact
+from mtl_model.checkpoint import STATE_FILE, TrainState
 from mtl_model.config import ModelConfig, TrainConfig
 from mtl_model.features import Batch
-from mtl_model.loop import (
-    EarlyStopping,
-    build_optimizer,
-    build_scheduler,
-    evaluate,
-    train_epoch,
-    unwrap,
-)
-from mtl_model.losses import build_weighting
+from mtl_model.loop import EpochBatches, evaluate, fit
 from mtl_model.run_config import TrainRunConfig
 from mtl_model.shards import list_row_groups
-from mtl_model.streaming import BatchColumns, ShardStream, StreamSettings
+from mtl_model.streaming import (
+    BatchColumns,
+    ShardStream,
+    StreamBatch,
+    StreamSettings,
+    split_file_urls,
+)
 from mtl_model.transfer import warm_start
 from mtlrec.config import RayConfig
 from mtlrec.errors import InputError
-from mtlrec.feature_spec import FeatureSpec
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger
+from mtlrec.tables import GOLD_EXAMPLES
 
-EXAMPLES_TABLE = "gold/examples"
-SPEC_TABLE = "gold/feature_spec"
-STATE_FILE = "train_state.pt"
 _log = get_logger("train")
+
+
+class TrainInputError(InputError, ValueError):
+    """The snapshot cannot be trained on: a split without files, too few row groups."""
 
 
 @dataclass
 class RunInputs:
     """What every worker needs, resolved once by the driver (JSON-serialisable)."""
 
-    spec_json: str
+    snapshot_json: str
     files: dict[str, list[str]]
-    table_versions: dict[str, int]
+    """split -> the files of that split in the snapshot's version of gold/examples."""
     storage_options: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def snapshot(self) -> GoldSnapshot:
+        return GoldSnapshot.from_json(self.snapshot_json)
 
-def resolve_inputs(lake: Lake, run_cfg: TrainRunConfig) -> RunInputs:
-    """Pin the snapshot: spec, per-split file lists and Delta versions for this run."""
-    if not lake.exists(EXAMPLES_TABLE) or not lake.exists(SPEC_TABLE):
-        raise FileNotFoundError(
-            f"{EXAMPLES_TABLE} and {SPEC_TABLE} must exist under {lake.root}: "
-            "run `python -m jobs.build_features --stage all` first"
-        )
-    spec_rows = lake.read_arrow(SPEC_TABLE).to_pylist()
-    latest = max(spec_rows, key=lambda row: str(row.get("created_at")))
-    spec = FeatureSpec.from_json(latest["spec_json"])
-    version = lake.version(EXAMPLES_TABLE)
+
+def resolve_inputs(lake: Lake, snapshot: GoldSnapshot, run_cfg: TrainRunConfig) -> RunInputs:
+    """Each split's files in the version of gold/examples that ``snapshot`` names."""
+    version = snapshot.version(GOLD_EXAMPLES)
     files = {
-        split: lake.snapshot_files(EXAMPLES_TABLE, version=version, filters=[("split", "=", split)])
+        split: split_file_urls(lake, split, version=version)
         for split in ("train", run_cfg.validation_split, run_cfg.test_split)
     }
     for split, split_files in files.items():
         if not split_files:
-            raise ValueError(
-                f"{EXAMPLES_TABLE} has no files for split={split} at version {version}: "
+            raise TrainInputError(
+                f"{GOLD_EXAMPLES} has no files for split={split} at version {version}: "
                 "check features.gold's split days (training needs train, val and test days)"
             )
-    return RunInputs(
-        spec_json=spec.to_json(),
-        files=files,
-        table_versions={EXAMPLES_TABLE: version, SPEC_TABLE: lake.version(SPEC_TABLE)},
-        storage_options=dict(lake.storage_options),
-    )
+    return RunInputs(snapshot.to_json(), files, dict(lake.storage_options))
 
 
 def train_rows_for(inputs: RunInputs, num_workers: int) -> int:
@@ -117,40 +105,12 @@ def train_rows_for(inputs: RunInputs, num_workers: int) -> int:
     """
     groups = list_row_groups(inputs.files["train"], storage_options=inputs.storage_options)
     if len(groups) < num_workers:
-        raise ValueError(
-            f"{EXAMPLES_TABLE} split=train has {len(groups)} row group(s) for {num_workers} "
+        raise TrainInputError(
+            f"{GOLD_EXAMPLES} split=train has {len(groups)} row group(s) for {num_workers} "
             "workers, so some workers would get no rows: rewrite it with a smaller "
             "lake.row_group_bytes or train with fewer ray.num_workers"
         )
     return sum(group.num_rows for group in groups)
-
-
-# ---------------------------------------------------------------------- worker side
-def _stream(
-    inputs: RunInputs, split: str, bundle: RunConfigBundle, epoch: int, batch_size: int
-) -> ShardStream:
-    """This rank's shard of ``split`` for one epoch (train: reshuffled with the epoch's seed)."""
-    ctx = ray.train.get_context()
-    spec = FeatureSpec.from_json(inputs.spec_json)
-    training = split == "train"
-    return ShardStream(
-        inputs.files[split],
-        BatchColumns.from_spec(
-            spec, id_columns=() if training else [bundle.train.gauc_group_column]
-        ),
-        rank=ctx.get_world_rank(),
-        world_size=ctx.get_world_size(),
-        settings=StreamSettings(
-            batch_size=batch_size,
-            seed=bundle.train.seed * 1_000_003 + epoch,
-            shuffle=training,
-            shuffle_buffer_rows=bundle.run.shuffle_buffer_rows if training else 0,
-            reader_pool=bundle.run.reader_pool,
-            reader_workers=bundle.run.reader_workers,
-            retries=bundle.run.read_retries,
-        ),
-        storage_options=inputs.storage_options,
-    )
 
 
 @dataclass
@@ -174,8 +134,52 @@ class RunConfigBundle:
         )
 
 
-def _log_step(epoch: int, line: str) -> None:
-    _log.info("epoch %d %s", epoch, line)
+# ---------------------------------------------------------------------- worker side
+class _Shards:
+    """This rank's Petastorm shards of the pinned splits."""
+
+    def __init__(self, inputs: RunInputs, bundle: RunConfigBundle) -> None:
+        self.inputs = inputs
+        self.bundle = bundle
+        self.spec = inputs.snapshot.spec
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+
+    def stream(self, split: str, epoch: int) -> ShardStream:
+        """``split`` for one epoch (train: reshuffled with the epoch's seed)."""
+        train, run = self.bundle.train, self.bundle.run
+        training = split == "train"
+        return ShardStream(
+            self.inputs.files[split],
+            BatchColumns.from_spec(
+                self.spec, id_columns=() if training else [train.gauc_group_column]
+            ),
+            rank=self.rank,
+            world_size=self.world_size,
+            settings=StreamSettings(
+                batch_size=train.batch_size if training else train.eval_batch_size,
+                seed=train.seed * 1_000_003 + epoch,
+                shuffle=training,
+                shuffle_buffer_rows=run.shuffle_buffer_rows if training else 0,
+                reader_pool=run.reader_pool,
+                reader_workers=run.reader_workers,
+                retries=run.read_retries,
+            ),
+            storage_options=self.inputs.storage_options,
+        )
+
+    def train(self, epoch: int) -> EpochBatches:
+        stream = self.stream("train", epoch)
+        return EpochBatches(
+            cast(Iterable[Batch], stream),  # training batches carry tensors only
+            max_steps=_min_across_ranks(stream.expected_batches()),
+            finish=stream.finish,  # drains the rest of the shard, verifies the row count
+        )
+
+    def evaluation(self, split: str) -> Iterator[StreamBatch]:
+        stream = self.stream(split, 0)
+        yield from stream
+        stream.finish()
 
 
 def _min_across_ranks(value: int) -> int:
@@ -201,126 +205,54 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     _quiet_worker_logs()
     bundle = RunConfigBundle.from_json(loop_config["bundle"])
     inputs = RunInputs(**json.loads(loop_config["inputs"]))
-    spec = FeatureSpec.from_json(inputs.spec_json)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    shards = _Shards(inputs, bundle)
     threads = bundle.run.torch_threads_per_worker or max(1, int(bundle.ray.cpus_per_worker))
     torch.set_num_threads(threads)
     torch.manual_seed(bundle.train.seed)
 
-    core = build_model(spec, bundle.model)
+    core = build_model(shards.spec, bundle.model)
     if bundle.train.transfer.source is not None:
         warm_start(core, load_artifact(bundle.train.transfer.source), bundle.train.transfer)
+    model = ray.train.torch.prepare_model(core)
+    device = next(core.parameters()).device
     teacher: MultiTaskModel | None = None
     if bundle.train.distill.teacher is not None:
-        teacher = load_artifact(bundle.train.distill.teacher).build()
-    weighting = build_weighting(core, bundle.train.weighting)
-    stopper = EarlyStopping(bundle.train.early_stopping)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-
+        teacher = load_artifact(bundle.train.distill.teacher).build().to(device)
     # A worker-group restart within this run gets Ray's latest checkpoint; a resumed run
     # (``jobs.train --resume``) also gets the checkpoint the driver chose.
     resume_from = loop_config.get("resume_from")
-    state = _latest_loadable_state(
+    resume = _latest_loadable_state(
         [ray.train.get_checkpoint(), Checkpoint(resume_from) if resume_from else None]
     )
-    if state is not None:
-        core.load_state_dict(state["model"])
-        weighting.load_state_dict(state["weighting"])
-        start_epoch = int(state["epoch"]) + 1
-        history = json.loads(state["history"])
-        stopper.best = state["best"] if state["best_epoch"] >= 0 else None
-        stopper.best_epoch = int(state["best_epoch"])
-        stopper.epochs_without_improvement = int(state["epochs_without_improvement"])
 
-    model = ray.train.torch.prepare_model(core)
-    device = next(core.parameters()).device
-    weighting = weighting.to(device)
-    if teacher is not None:
-        teacher = teacher.to(device)
-    optimizer = build_optimizer(model, weighting, bundle.train)
-    steps_per_epoch = loop_config["steps_per_epoch"]
-    scheduler = build_scheduler(optimizer, bundle.train, steps_per_epoch * bundle.train.epochs)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    def report(record: dict[str, float], state: TrainState) -> None:
+        _report(shards.rank, {**record, "done": 0.0}, state)
 
-    best_model = state["best_model"] if state is not None else unwrap(model).state_dict()
-    for epoch in range(start_epoch, bundle.train.epochs):
-        started = time.monotonic()
-        stream = _stream(inputs, "train", bundle, epoch, bundle.train.batch_size)
-        steps = _min_across_ranks(stream.expected_batches())
-        stats = train_epoch(
-            model,
-            cast(Iterable[Batch], stream),  # training batches carry tensors only
-            optimizer,
-            weighting,
-            bundle.train,
-            scheduler=scheduler,
-            max_steps=steps,
-            teacher=teacher,
-            log=partial(_log_step, epoch) if rank == 0 else None,
-        )
-        rows_read = stream.finish()  # drains the rest of the shard and verifies the row count
-        train_seconds = time.monotonic() - started
-        metrics = _evaluate_split(model, inputs, bundle.run.validation_split, bundle, spec)
-        stop = stopper.update(epoch, metrics)
-        if stopper.best_epoch == epoch:
-            best_model = {
-                k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()
-            }
-        record = {
-            "epoch": float(epoch),
-            "train/loss": stats.loss,
-            **{f"train/loss_{task}": value for task, value in stats.task_losses.items()},
-            **{f"train/weight_{task}": value for task, value in stats.task_weights.items()},
-            "train/samples_per_s": _sum_across_ranks(stats.examples) / max(train_seconds, 1e-9),
-            "train/data_wait_share": stats.data_wait_share,
-            "train/rows_read_rank0": float(rows_read),
-            "lr": stats.lr,
-            **{f"val/{key}": value for key, value in metrics.items()},
-        }
-        history.append(record)
-        if rank == 0:
-            _log.info(
-                "epoch %d: %.0f samples/s, data wait %.0f%%, loss %.4f (%s), val %s",
-                epoch,
-                record["train/samples_per_s"],
-                100 * stats.data_wait_share,
-                stats.loss,
-                ", ".join(f"{t} {v:.4f}" for t, v in stats.task_losses.items()),
-                ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("/auc")),
-            )
-        state = {
-            "model": unwrap(model).state_dict(),
-            "best_model": best_model,
-            "weighting": weighting.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "history": json.dumps(history),
-            "best": stopper.best if stopper.best is not None else float("nan"),
-            "best_epoch": stopper.best_epoch,
-            "epochs_without_improvement": stopper.epochs_without_improvement,
-        }
-        _report(rank, {**record, "done": 0.0}, state)
-        if stop:
-            break
-
-    # Test metrics with the best weights, merged exactly across ranks like validation.
-    unwrap(model).load_state_dict(best_model)
-    test = _evaluate_split(model, inputs, bundle.run.test_split, bundle, spec)
-    final = {**(history[-1] if history else {}), **{f"test/{k}": v for k, v in test.items()}}
-    assert state is not None
-    _report(
-        rank,
-        {**final, "done": 1.0},
-        {**state, "model": best_model, "test": json.dumps(test), "spec_json": inputs.spec_json},
+    state = fit(
+        model,
+        shards.train,
+        lambda: shards.evaluation(bundle.run.validation_split),
+        shards.spec,
+        bundle.train,
+        steps_per_epoch=loop_config["steps_per_epoch"],
+        resume=resume,
+        teacher=teacher,
+        on_epoch=report,
+        log=_log.info if shards.rank == 0 else None,
     )
+    # The model now holds the best weights: test metrics, merged exactly across ranks.
+    state.test = evaluate(
+        model,
+        shards.evaluation(bundle.run.test_split),
+        shards.spec,
+        group_column=bundle.train.gauc_group_column,
+    )
+    final = {**(state.history[-1] if state.history else {})}
+    final.update({f"test/{k}": v for k, v in state.test.items()})
+    _report(shards.rank, {**final, "done": 1.0}, state)
 
 
-def _latest_loadable_state(candidates: list[Checkpoint | None]) -> dict[str, Any] | None:
+def _latest_loadable_state(candidates: list[Checkpoint | None]) -> TrainState | None:
     """The training state of the latest epoch among the candidates that load.
 
     Ray restores its newest registered checkpoint on a worker-group restart, and also
@@ -328,48 +260,29 @@ def _latest_loadable_state(candidates: list[Checkpoint | None]) -> dict[str, Any
     checkpoint the driver skipped (``newest_readable_checkpoint``), so an unreadable
     candidate is passed over for the driver's choice.
     """
-    latest: dict[str, Any] | None = None
+    latest: TrainState | None = None
     for checkpoint in candidates:
         if checkpoint is None:
             continue
         try:
             with checkpoint.as_directory() as directory:
-                state = load_checkpoint_state(directory)
+                state = TrainState.load(directory)
         except Exception as exc:  # a truncated or garbled file
             _log.warning("checkpoint %s is unreadable (%s); skipping it", checkpoint.path, exc)
             continue
-        if latest is None or int(state["epoch"]) > int(latest["epoch"]):
+        if latest is None or state.epoch > latest.epoch:
             latest = state
     return latest
 
 
-def _evaluate_split(
-    model: torch.nn.Module,
-    inputs: RunInputs,
-    split: str,
-    bundle: RunConfigBundle,
-    spec: FeatureSpec,
-) -> dict[str, float]:
-    stream = _stream(inputs, split, bundle, 0, bundle.train.eval_batch_size)
-    metrics = evaluate(model, stream, spec, group_column=bundle.train.gauc_group_column)
-    stream.finish()
-    return metrics
-
-
-def _report(rank: int, metrics: dict[str, float], state: dict[str, Any]) -> None:
+def _report(rank: int, metrics: dict[str, float], state: TrainState) -> None:
     """Every rank reports (Ray requires it); rank 0 attaches the checkpoint."""
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as directory:
-        torch.save(state, Path(directory) / STATE_FILE)
+        state.save(directory)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
-
-
-def _sum_across_ranks(value: int) -> int:
-    tensor = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(tensor)
-    return int(tensor.item())
 
 
 # ---------------------------------------------------------------------- driver side
@@ -464,13 +377,12 @@ def _check_answers(address: str) -> None:
 
 
 def run_training(
-    lake: Lake,
+    inputs: RunInputs,
     bundle: RunConfigBundle,
     run_name: str,
     resume_from: Checkpoint | None = None,
 ) -> ray.train.Result:
     """Launch ``worker_loop`` on ``bundle.ray.num_workers`` workers and wait for it."""
-    inputs = resolve_inputs(lake, bundle.run)
     train_rows = train_rows_for(inputs, bundle.ray.num_workers)
     steps_per_epoch = max(1, train_rows // (bundle.train.batch_size * bundle.ray.num_workers))
     trainer = TorchTrainer(
@@ -504,11 +416,6 @@ def _absolute(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def load_checkpoint_state(directory: str | Path) -> dict[str, Any]:
-    """A checkpoint's training state; raises on a corrupt or partial file."""
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-
-
 def newest_readable_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The newest checkpoint of ``run_dir`` whose state loads; older ones on corruption."""
     candidates = sorted(
@@ -518,7 +425,7 @@ def newest_readable_checkpoint(run_dir: Path) -> Checkpoint | None:
     )
     for candidate in candidates:
         try:
-            load_checkpoint_state(candidate)
+            TrainState.load(candidate)
         except Exception as exc:  # a truncated or garbled file: try the previous one
             _log.warning("checkpoint %s is unreadable (%s); falling back", candidate, exc)
             continue
@@ -530,40 +437,47 @@ def finalize_run(
     run_dir: Path,
     checkpoint: Checkpoint,
     bundle: RunConfigBundle,
-    table_versions: dict[str, int],
+    snapshot: GoldSnapshot,
     cluster: RayCluster,
 ) -> TrainingOutcome:
     """Write the run's outputs from its final checkpoint: artifact, metrics.json, config."""
     with checkpoint.as_directory() as directory:
-        state = load_checkpoint_state(directory)
-    if "test" not in state:
+        state = TrainState.load(directory)
+    if state.test is None:
         raise RuntimeError(f"{run_dir}: the last checkpoint is not a finished run's")
-    spec = FeatureSpec.from_json(state["spec_json"])
-    model = build_model(spec, bundle.model)
-    model.load_state_dict(state["model"])
-    history = json.loads(state["history"])
-    test = json.loads(state["test"])
-    best_epoch = int(state["best_epoch"])
-    best = (
-        history[best_epoch] if 0 <= best_epoch < len(history) else (history[-1] if history else {})
-    )
-    metrics = {**best, **{f"test/{k}": v for k, v in test.items()}}
+    model = build_model(snapshot.spec, bundle.model)
+    model.load_state_dict(state.best_model)
+    metrics = {**state.best_record(), **{f"test/{k}": v for k, v in state.test.items()}}
     artifact_path = run_dir / "model.pt"
+    # The artifact is to carry snapshot.build_id too (ModelArtifact.gold_build_id).
     save_artifact(
-        artifact_from_model(model, spec, bundle.model, metrics, bundle.train), artifact_path
+        artifact_from_model(model, snapshot.spec, bundle.model, metrics, bundle.train),
+        artifact_path,
     )
+    write_run_metrics(run_dir, state, metrics, snapshot, cluster)
+    (run_dir / "config.json").write_text(bundle.to_json())
+    return TrainingOutcome(str(run_dir), str(artifact_path), metrics, state.history)
+
+
+def write_run_metrics(
+    run_dir: Path,
+    state: TrainState,
+    final: dict[str, float],
+    snapshot: GoldSnapshot,
+    cluster: RayCluster | None,
+) -> None:
+    """metrics.json: the final metrics, the history, and exactly what the run read."""
     (run_dir / "metrics.json").write_text(
         json.dumps(
             {
-                "final": metrics,
-                "best_epoch": best_epoch,
-                "history": history,
-                "table_versions": table_versions,
-                "ray": asdict(cluster),
+                "final": final,
+                "best_epoch": state.best_epoch,
+                "history": state.history,
+                "gold_build_id": snapshot.build_id,
+                "table_versions": {t: v for t, v in snapshot.versions.items() if v is not None},
+                "ray": asdict(cluster) if cluster is not None else None,
             },
             indent=2,
             sort_keys=True,
         )
     )
-    (run_dir / "config.json").write_text(bundle.to_json())
-    return TrainingOutcome(str(run_dir), str(artifact_path), metrics, history)

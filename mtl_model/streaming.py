@@ -48,6 +48,7 @@ from mtlrec.log import get_logger
 
 if TYPE_CHECKING:  # importing the lake pulls in Spark, which Ray workers do not need
     from mtlrec.lake import Lake
+from mtlrec.tables import GOLD_EXAMPLES
 
 PoolType = Literal["dummy", "thread"]
 Columns = dict[str, np.ndarray]
@@ -92,7 +93,7 @@ class BatchColumns:
 
 
 def split_file_urls(
-    lake: Lake, split: str, table: str = "gold/examples", version: int | None = None
+    lake: Lake, split: str, table: str = GOLD_EXAMPLES, version: int | None = None
 ) -> list[str]:
     """The snapshot's files of one split; resolve once and hand the same list to every rank."""
     return lake.snapshot_files(table, version=version, filters=[("split", "=", split)])

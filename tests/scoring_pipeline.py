@@ -1,9 +1,10 @@
 """A tiny end-to-end pipeline for the scoring and report tests, built once per process.
 
 Generator -> ``jobs.build_features --stage all`` (the real jobs) -> a small model trained
-in-process with ``mtl_model.loop`` on rows read through ``Lake.read_arrow`` (Ray is not
-needed to get weights) -> run directories laid out as ``finalize_run`` writes them
-(model.pt, metrics.json, config.json): one MMoE run and one single-task baseline.
+in-process with ``mtl_model.loop.fit`` (the epoch driver Ray workers run too) on the gold
+snapshot's rows read through ``Lake.read_arrow`` (Ray is not needed to get weights) -> run
+directories with model.pt, config.json and metrics.json written by ``write_run_metrics``,
+as ``finalize_run`` writes them: one MMoE run and one single-task baseline.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +29,15 @@ from mtl_model.architectures import build_model
 from mtl_model.artifact import artifact_from_model, save_artifact
 from mtl_model.config import ModelConfig, TrainConfig
 from mtl_model.features import Batch
-from mtl_model.loop import evaluate, fit
-from mtl_model.ray_train import EXAMPLES_TABLE, RunConfigBundle
+from mtl_model.loop import EpochBatches, evaluate, fit
+from mtl_model.ray_train import RunConfigBundle, write_run_metrics
 from mtl_model.run_config import TrainRunConfig
 from mtl_model.streaming import BatchColumns, StreamBatch, to_tensors
 from mtlrec.config import RayConfig, load_config
 from mtlrec.feature_spec import FeatureSpec
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
+from mtlrec.tables import GOLD_EXAMPLES
 
 GENERATOR = [
     "generator.num_users=150",
@@ -86,8 +88,12 @@ class Pipeline:
     overrides: list[str]
     cfg: PipelineConfig
     lake: Lake
-    spec: FeatureSpec
+    snapshot: GoldSnapshot
     runs: dict[str, Path]  # architecture -> run directory
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.snapshot.spec
 
     def cli(self) -> list[str]:
         """``--set`` arguments that point any job at this pipeline."""
@@ -123,27 +129,27 @@ def _build(root: Path) -> Pipeline:
     assert build_features(["--stage", "all", *cli]) == 0
     cfg = load_config(PipelineConfig, None, overrides)
     lake = Lake.from_config(cfg.lake)
-    spec = FeatureSpec.from_json(_latest_spec_json(lake))
+    snapshot = GoldSnapshot.resolve(lake)
     runs = {
-        architecture: _train_run(lake, spec, cfg, architecture, root / "runs" / architecture)
+        architecture: _train_run(lake, snapshot, cfg, architecture, root / "runs" / architecture)
         for architecture in ("mmoe", "single_task")
     }
-    return Pipeline(root, overrides, cfg, lake, spec, runs)
-
-
-def _latest_spec_json(lake: Lake) -> str:
-    rows = lake.read_arrow("gold/feature_spec").to_pylist()
-    return str(max(rows, key=lambda r: r["created_at"])["spec_json"])
+    return Pipeline(root, overrides, cfg, lake, snapshot, runs)
 
 
 def split_batches(
-    lake: Lake, spec: FeatureSpec, split: str, batch_size: int, seed: int | None = None
+    lake: Lake, snapshot: GoldSnapshot, split: str, batch_size: int, seed: int | None = None
 ) -> Iterator[StreamBatch]:
-    """A split of gold/examples as batches: shuffled, for training, when ``seed`` is given;
-    else in table order with ``user_id`` (evaluation's GAUC groups)."""
-    columns = BatchColumns.from_spec(spec, id_columns=["user_id"] if seed is None else [])
+    """A split of the snapshot's gold/examples as batches: shuffled, for training, when
+    ``seed`` is given; else in table order with ``user_id`` (evaluation's GAUC groups)."""
+    columns = BatchColumns.from_spec(
+        snapshot.spec, id_columns=["user_id"] if seed is None else []
+    )
     table: pa.Table = lake.read_arrow(
-        EXAMPLES_TABLE, filters=[("split", "=", split)], columns=columns.names()
+        GOLD_EXAMPLES,
+        snapshot.version(GOLD_EXAMPLES),
+        filters=[("split", "=", split)],
+        columns=columns.names(),
     )
     data = {name: table.column(name).to_numpy() for name in columns.names()}
     order = np.arange(table.num_rows)
@@ -155,51 +161,36 @@ def split_batches(
 
 
 def _train_run(
-    lake: Lake, spec: FeatureSpec, cfg: PipelineConfig, architecture: str, run_dir: Path
+    lake: Lake, snapshot: GoldSnapshot, cfg: PipelineConfig, architecture: str, run_dir: Path
 ) -> Path:
     torch.manual_seed(0)
+    spec = snapshot.spec
     model_cfg: ModelConfig = cfg.model.model_copy(update={"architecture": architecture})
     train_cfg: TrainConfig = cfg.train
     model = build_model(spec, model_cfg)
 
-    def train_batches(epoch: int) -> Iterable[Batch]:
+    def train_batches(epoch: int) -> EpochBatches:
         # Training batches hold tensors only (no id columns).
-        return cast(
-            Iterable[Batch], split_batches(lake, spec, "train", train_cfg.batch_size, epoch)
-        )
+        batches = split_batches(lake, snapshot, "train", train_cfg.batch_size, epoch)
+        return EpochBatches(cast(Iterable[Batch], batches))
 
-    result = fit(
+    state = fit(
         model,
         train_batches,
-        lambda: split_batches(lake, spec, "val", train_cfg.eval_batch_size),
+        lambda: split_batches(lake, snapshot, "val", train_cfg.eval_batch_size),
         spec,
         train_cfg,
         steps_per_epoch=8,
     )
-    test = evaluate(model, split_batches(lake, spec, "test", train_cfg.eval_batch_size), spec)
-    # finalize_run's layout: epoch records with train/ and val/ keys; final = the best
-    # epoch's record plus the test split's metrics under test/.
-    history = [
-        {k if k == "epoch" or k.startswith("train/") else f"val/{k}": v for k, v in r.items()}
-        for r in result.history
-    ]
-    metrics = {**history[result.best_epoch], **{f"test/{k}": v for k, v in test.items()}}
+    test = evaluate(
+        model, split_batches(lake, snapshot, "test", train_cfg.eval_batch_size), spec
+    )
+    metrics = {**state.best_record(), **{f"test/{k}": v for k, v in test.items()}}
     run_dir.mkdir(parents=True, exist_ok=True)
     save_artifact(
         artifact_from_model(model, spec, model_cfg, metrics, train_cfg), run_dir / "model.pt"
     )
-    (run_dir / "metrics.json").write_text(
-        json.dumps(
-            {
-                "final": metrics,
-                "best_epoch": result.best_epoch,
-                "history": history,
-                "table_versions": {EXAMPLES_TABLE: lake.version(EXAMPLES_TABLE)},
-            },
-            indent=2,
-            sort_keys=True,
-        )
-    )
+    write_run_metrics(run_dir, state, metrics, snapshot, cluster=None)
     bundle = RunConfigBundle(model_cfg, train_cfg, TrainRunConfig(), RayConfig())
     (run_dir / "config.json").write_text(bundle.to_json())
     return run_dir

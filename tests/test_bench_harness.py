@@ -307,9 +307,9 @@ def test_part_one_largest_size_is_reused_only_when_complete_and_the_same_size(
 
     from benchmarks.bench_features import reusable_dataset, size_paths
     from benchmarks.context import BenchContext
-    from feature_engineering.gold import EXAMPLES_TABLE
-    from feature_engineering.spec import SPEC_TABLE
     from mtlrec.lake import Lake
+    from mtlrec.tables import GOLD_EXAMPLES as EXAMPLES_TABLE
+    from mtlrec.tables import GOLD_FEATURE_SPEC as SPEC_TABLE
 
     quick = resolve_profile("quick", [])
     ctx = BenchContext(quick, tmp_path, print)

@@ -21,18 +21,20 @@ from gold_silver_log import DAYS, TEST_DAY, VAL_DAY, SilverLog, build_silver_log
 from pyspark.sql import SparkSession
 
 from feature_engineering.examples import CATEGORICAL_SOURCES
-from feature_engineering.gold import (
-    EXAMPLES_TABLE,
-    ITEM_FEATURES_TABLE,
-    USER_FEATURES_TABLE,
-    VOCABULARY_TABLE,
-    build_examples_for,
-    build_gold,
-)
+from feature_engineering.gold import build_examples_for, build_gold
 from feature_engineering.gold_config import GoldConfig, TextEmbeddingConfig
-from feature_engineering.spec import SPEC_TABLE, read_latest_spec
 from mtlrec.feature_spec import FeatureSpec
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
+from mtlrec.tables import (
+    GOLD_EXAMPLES,
+    GOLD_FEATURE_SPEC,
+    GOLD_ITEM_FEATURES,
+    GOLD_USER_FEATURES,
+    GOLD_VOCABULARY,
+    SILVER_EVENTS,
+    SILVER_TABLES,
+)
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -58,7 +60,7 @@ def _build(spark: SparkSession, root: Path, log: SilverLog) -> Built:
     lake = Lake(str(root), row_group_bytes=64 * 1024)
     log.write(spark, lake)
     build_gold(spark, lake, CFG)
-    return Built(lake, log, read_latest_spec(lake), lake.version(EXAMPLES_TABLE))
+    return Built(lake, log, GoldSnapshot.resolve(lake).spec, lake.version(GOLD_EXAMPLES))
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +69,13 @@ def built(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Buil
 
 
 def _examples(built: Built) -> pd.DataFrame:
-    return _table(built.lake, EXAMPLES_TABLE, built.examples_version)
+    return _table(built.lake, GOLD_EXAMPLES, built.examples_version)
 
 
 # ---------------------------------------------------------------------- the contract
 def test_feature_spec_matches_the_examples_table(built: Built) -> None:
     spec = built.spec
-    schema = built.lake.delta_table(EXAMPLES_TABLE, built.examples_version).schema().to_arrow()
+    schema = built.lake.delta_table(GOLD_EXAMPLES, built.examples_version).schema().to_arrow()
     types = {f.name: f.type for f in pa.schema(schema)}
     expected = [
         *spec.id_columns,
@@ -99,7 +101,7 @@ def test_feature_spec_matches_the_examples_table(built: Built) -> None:
     assert frame[spec.feature_columns()].notna().all().all()
     for feature in spec.categorical:
         assert frame[feature.name].between(0, feature.vocab_size - 1).all(), feature.name
-    vocab = _table(built.lake, VOCABULARY_TABLE)
+    vocab = _table(built.lake, GOLD_VOCABULARY)
     for feature in spec.categorical:
         assert feature.vocab_size == len(vocab[vocab["feature"] == feature.name]) + 1
 
@@ -109,8 +111,8 @@ def test_feature_spec_matches_the_examples_table(built: Built) -> None:
         assert dense.mean == pytest.approx(values.mean(), rel=1e-4, abs=1e-5), dense.name
         assert dense.std == pytest.approx(max(values.std(ddof=0), CFG.std_floor), rel=1e-3)
 
-    record = _table(built.lake, SPEC_TABLE).iloc[-1]
-    for table in ("silver/events", "silver/items", "silver/users"):
+    record = _table(built.lake, GOLD_FEATURE_SPEC).iloc[-1]
+    for table in SILVER_TABLES:
         assert record[table.replace("/", "_") + "_version"] == built.lake.version(table)
     assert record["gold_examples_version"] == built.examples_version
 
@@ -182,7 +184,7 @@ def test_labels_equal_a_plain_python_recomputation(built: Built) -> None:
 
 # ---------------------------------------------------------------------- vocabularies
 def test_vocabularies_hold_only_frequent_train_day_values(built: Built) -> None:
-    vocab = _table(built.lake, VOCABULARY_TABLE)
+    vocab = _table(built.lake, GOLD_VOCABULARY)
     train_imps = [
         e for e in built.log.events if e["event_type"] == "impression" and e["dt"] in TRAIN_DAYS
     ]
@@ -233,7 +235,7 @@ def test_features_of_a_day_ignore_events_on_and_after_it(
 
     before, after = day_rows(built, VAL_DAY), day_rows(altered, VAL_DAY)
     pd.testing.assert_frame_equal(before[features], after[features])
-    for table, key in ((USER_FEATURES_TABLE, "user_id"), (ITEM_FEATURES_TABLE, "item_id")):
+    for table, key in ((GOLD_USER_FEATURES, "user_id"), (GOLD_ITEM_FEATURES, "item_id")):
         old = _table(built.lake, table)
         new = _table(altered.lake, table)
         old = old[old["dt"] <= VAL_DAY].sort_values([key, "dt"]).reset_index(drop=True)
@@ -247,7 +249,7 @@ def test_features_of_a_day_ignore_events_on_and_after_it(
 
 def test_scoring_path_rebuilds_the_same_features(built: Built, spark: SparkSession) -> None:
     pairs = (
-        built.lake.read_table(spark, "silver/events", filters=[("dt", "=", VAL_DAY)])
+        built.lake.read_table(spark, SILVER_EVENTS, filters=[("dt", "=", VAL_DAY)])
         .where("event_type = 'impression'")
         .withColumnRenamed("event_id", "impression_id")
     )
@@ -266,11 +268,11 @@ def test_rerunning_a_day_replaces_its_partition(built: Built, spark: SparkSessio
     lake = built.lake
     before = _examples(built).groupby(["split", "dt"]).size()
     build_gold(spark, lake, CFG.model_copy(update={"days": [VAL_DAY]}))
-    after_frame = _table(lake, EXAMPLES_TABLE)
-    assert lake.version(EXAMPLES_TABLE) > built.examples_version
+    after_frame = _table(lake, GOLD_EXAMPLES)
+    assert lake.version(GOLD_EXAMPLES) > built.examples_version
     assert after_frame["impression_id"].is_unique
     pd.testing.assert_series_equal(after_frame.groupby(["split", "dt"]).size(), before)
-    records = _table(lake, SPEC_TABLE)
+    records = _table(lake, GOLD_FEATURE_SPEC)
     assert list(records["days_written"].iloc[-1]) == [VAL_DAY]
     # The rebuild reused the catalog's text embeddings (same inputs, same fingerprint).
     assert records["text_fingerprint"].nunique() == 1

@@ -87,7 +87,7 @@ def test_frozen_shared_layers_get_no_gradient(architecture: str, data: FunnelDat
 
 
 def test_feature_layer_maps_out_of_range_indices_to_oov_and_normalises(data: FunnelData) -> None:
-    layer = FeatureLayer(data.spec, TINY.model_copy(update={"text_projection_dim": 0}))
+    layer = FeatureLayer(data.spec, embedding_dim=TINY.embedding_dim, text_projection_dim=0)
     batch = {k: v[:4].clone() for k, v in data.batch.items()}
     batch["user"] = torch.tensor([0, 10, 999, -3])  # vocab_size is 10: all but row 0 invalid
     batch["price"] = torch.tensor([5.0, 7.0, float("nan"), 1.0])

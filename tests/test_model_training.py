@@ -17,10 +17,12 @@ from sklearn.metrics import roc_auc_score
 
 from mtl_model.architectures import ARCHITECTURES, MultiTaskModel, build_model
 from mtl_model.artifact import artifact_from_model, load_artifact, save_artifact
+from mtl_model.checkpoint import CheckpointError, TrainState
 from mtl_model.config import ModelConfig, TrainConfig, TransferConfig
 from mtl_model.distill import compare_student_teacher, distillation_losses
 from mtl_model.loop import (
     EarlyStopping,
+    EpochBatches,
     build_optimizer,
     evaluate,
     fit,
@@ -79,14 +81,14 @@ def _fit(
     steps = len(train.batches(256))
     result = fit(
         model,
-        lambda epoch: train.batches(256, seed=epoch),
+        lambda epoch: EpochBatches(train.batches(256, seed=epoch)),
         lambda: val.batches(4096),
         train.spec,
         cfg,
         steps_per_epoch=steps,
         teacher=teacher,
     )
-    return result.best_metrics
+    return result.best_val_metrics()
 
 
 @pytest.fixture(scope="module")
@@ -270,10 +272,68 @@ def test_early_stopping_patience_and_fit_stops(val_data: FunnelData) -> None:
     small = make_funnel_data(512, sample_seed=9)
     result = fit(
         model,
-        lambda e: small.batches(256),
+        lambda e: EpochBatches(small.batches(256)),
         lambda: small.batches(512),
         small.spec,
         cfg,
         steps_per_epoch=2,
     )
-    assert result.stopped_early and len(result.history) == 2 and result.best_epoch == 0
+    assert cfg.epochs > 2 and len(result.history) == 2 and result.best_epoch == 0
+
+
+def test_early_stopping_state_round_trips() -> None:
+    stopper = EarlyStopping(TRAIN.early_stopping.model_copy(update={"patience": 1}))
+    for epoch, value in enumerate([0.6, 0.7, 0.69]):
+        stopper.update(epoch, {"click/auc": value})
+    restored = EarlyStopping(stopper.cfg)
+    restored.load_state_dict(stopper.state_dict())
+    assert restored.state_dict() == {"best": 0.7, "best_epoch": 1, "epochs_without_improvement": 1}
+    assert restored.update(3, {"click/auc": 0.65}) is True
+
+
+def test_a_resumed_fit_continues_the_saved_state_and_keeps_best_weights_apart(
+    tmp_path: Path,
+) -> None:
+    data = make_funnel_data(1024, sample_seed=11)
+    cfg = TRAIN.model_copy(update={"epochs": 3})
+
+    def run(epochs: int, resume: TrainState | None) -> tuple[MultiTaskModel, TrainState]:
+        torch.manual_seed(0)
+        model = build_model(data.spec, SMALL)
+        saved: list[int] = []
+        state = fit(
+            model,
+            lambda epoch: EpochBatches(data.batches(256, seed=epoch)),
+            lambda: data.batches(1024),
+            data.spec,
+            cfg.model_copy(update={"epochs": epochs}),
+            steps_per_epoch=4,
+            resume=resume,
+            on_epoch=lambda record, state: saved.append(int(record["epoch"])),
+        )
+        assert saved == list(range(resume.epoch + 1 if resume else 0, epochs))
+        return model, state
+
+    _, first = run(1, None)
+    first.save(tmp_path)
+    model, resumed = run(3, TrainState.load(tmp_path))
+    _, straight = run(3, None)
+    assert [r["epoch"] for r in resumed.history] == [0.0, 1.0, 2.0]
+    # One form of history keys, the same for every epoch and every way of running.
+    assert all(r.keys() == straight.history[0].keys() for r in resumed.history)
+    assert "val/click/auc" in resumed.history[0] and "train/samples_per_s" in resumed.history[0]
+    assert resumed.history[-1]["val/click/auc"] == pytest.approx(
+        straight.history[-1]["val/click/auc"], abs=1e-6
+    )
+    # The model ends on the best epoch's weights, which are a copy: training on never
+    # changes them.
+    best = resumed.best_model
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, best[name])
+        assert tensor.data_ptr() != best[name].data_ptr()
+
+
+def test_a_checkpoint_of_another_format_is_refused(tmp_path: Path) -> None:
+    torch.save({"format_version": 0, "epoch": 1}, tmp_path / "train_state.pt")
+    with pytest.raises(CheckpointError, match="format 0"):
+        TrainState.load(tmp_path)

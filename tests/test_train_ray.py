@@ -27,7 +27,9 @@ from sklearn.metrics import roc_auc_score
 
 from mtl_model.artifact import load_artifact
 from mtl_model.synthetic import make_funnel_data
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
+from mtlrec.tables import GOLD_EXAMPLES, GOLD_FEATURE_SPEC
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -57,7 +59,7 @@ def _write_examples(lake_root: Path, rows_per_day: int = 8000) -> dict[str, floa
         columns["user_id"] = np.array([f"u{u}" for u in data.batch["user_id"].tolist()])
         table = pa.table(columns).append_column("split", pa.array([split] * rows_per_day))
         table = table.append_column("dt", pa.array([day] * rows_per_day))
-        lake.write_arrow(table, "gold/examples", partition_by=["split", "dt"])
+        lake.write_arrow(table, GOLD_EXAMPLES, partition_by=["split", "dt"])
         if split == "train":
             train_items.append(columns["item"])
             for task in BINARY_TASKS:
@@ -76,15 +78,14 @@ def _write_examples(lake_root: Path, rows_per_day: int = 8000) -> dict[str, floa
                     roc_auc_score(columns[task], rate[columns["item"]])
                 )
     assert spec is not None
-    lake.write_arrow(
-        pa.table(
-            {
-                "spec_json": [spec.to_json()],
-                "created_at": [datetime.now(UTC).isoformat()],
-            }
-        ),
-        "gold/feature_spec",
+    # The gold stage's last write: the spec row naming the version of gold/examples.
+    snapshot = GoldSnapshot(
+        build_id="funnel",
+        spec=spec,
+        created_at=datetime.now(UTC),
+        versions={GOLD_EXAMPLES: lake.version(GOLD_EXAMPLES)},
     )
+    lake.write_arrow(snapshot.to_arrow(), GOLD_FEATURE_SPEC)
     return oracle_auc
 
 

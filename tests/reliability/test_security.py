@@ -22,7 +22,8 @@ from pyspark.sql import SparkSession
 
 from jobs.config import PipelineConfig
 from mtl_model.artifact import load_artifact
-from mtl_model.ray_train import STATE_FILE, load_checkpoint_state, newest_readable_checkpoint
+from mtl_model.checkpoint import STATE_FILE, TrainState
+from mtl_model.ray_train import newest_readable_checkpoint
 from mtlrec.config import LakeConfig, RayConfig
 from mtlrec.lake import Lake, LakeError
 from mtlrec.storage import redact
@@ -75,7 +76,7 @@ def test_checkpoint_loader_refuses_a_pickle_payload_and_resume_skips_it(
     checkpoint.mkdir(parents=True)
     _malicious_file(checkpoint / STATE_FILE, marker, epoch=0)
     with pytest.raises(pickle.UnpicklingError):
-        load_checkpoint_state(checkpoint)
+        TrainState.load(checkpoint)
     try:
         assert newest_readable_checkpoint(tmp_path / "run") is None
     finally:

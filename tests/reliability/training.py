@@ -19,7 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from mtl_model.synthetic import make_funnel_data
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
+from mtlrec.tables import GOLD_EXAMPLES, GOLD_FEATURE_SPEC
 from reliability.harness import ROOT, job_command, job_env
 
 Layout = Mapping[str, Sequence[tuple[str, int]]]
@@ -41,13 +43,17 @@ def write_examples(root: Path, layout: Layout, row_group_bytes: Mapping[str, int
             table = pa.table(columns)
             table = table.append_column("split", pa.array([split] * rows))
             table = table.append_column("dt", pa.array([day] * rows))
-            lake.write_arrow(table, "gold/examples", partition_by=["split", "dt"])
+            lake.write_arrow(table, GOLD_EXAMPLES, partition_by=["split", "dt"])
     assert spec is not None
     lake = Lake(str(root))
-    lake.write_arrow(
-        pa.table({"spec_json": [spec.to_json()], "created_at": [datetime.now(UTC).isoformat()]}),
-        "gold/feature_spec",
+    # The gold stage's last write: the spec row naming the version of gold/examples.
+    snapshot = GoldSnapshot(
+        build_id="reliability",
+        spec=spec,
+        created_at=datetime.now(UTC),
+        versions={GOLD_EXAMPLES: lake.version(GOLD_EXAMPLES)},
     )
+    lake.write_arrow(snapshot.to_arrow(), GOLD_FEATURE_SPEC)
     return lake
 
 
