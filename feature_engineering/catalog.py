@@ -1,8 +1,11 @@
 """The item catalog and the user table for silver.
 
 From the raw JSON Lines catalog (DESIGN.md 4.1) when the mapping names one,
-else derived from the events' ``item_category`` (logs such as the behaviour
-CSV carry a category on each event and ship no catalog).
+else derived from the events: each item's most frequent ``item_category`` (logs
+such as the behaviour CSV carry one on each event and ship no catalog), or
+``UNKNOWN_CATEGORY`` for a log without categories (RetailRocket's events file).
+Catalog and user files are listed and read like event files (``raw_input``):
+literal names, no symlink out of the raw root.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from pyspark.sql import functions as F
 
 from feature_engineering.config import RawMappingConfig
 from feature_engineering.mapping import parse_time
-from feature_engineering.raw_input import RawInputError, glob_paths, spark_path
+from feature_engineering.raw_input import list_files, read_numbered_lines
+from mtlrec.log import get_logger
 
 ITEM_COLUMNS = (
     "item_id", "title", "category_l1", "category_l2", "category_l3", "brand", "price",
@@ -27,6 +31,12 @@ _ITEM_SCHEMA = (
     "created_at string"
 )
 _USER_SCHEMA = "user_id string, signup_ts string, region string, tier string"
+# Catalog lines are small records; a longer line is cut (and then fails to parse).
+_MAX_DIMENSION_LINE_BYTES = 1 << 20
+UNKNOWN_CATEGORY = "unknown"
+"""category_l1 of an item whose log names no category (or none for that item)."""
+
+_log = get_logger("catalog")
 
 
 @dataclass(frozen=True)
@@ -39,11 +49,10 @@ class Dimension:
 
 
 def _read_jsonl(spark: SparkSession, raw_root: str, directory: str, schema: str) -> DataFrame:
-    path = f"{raw_root.rstrip('/')}/{directory}"
-    files = glob_paths(spark, f"{spark_path(path)}/*.jsonl*")
-    if not files:
-        raise RawInputError(f"no *.jsonl[.gz] files under {path}")
-    lines = spark.read.option("lineSep", "\n").text(files)
+    files, skipped = list_files(raw_root, directory, "*.jsonl*")
+    for entry in skipped:
+        _log.warning("%s skipped (%s): %s", entry.path, entry.reason.value, entry.detail)
+    lines = read_numbered_lines(spark, files, _MAX_DIMENSION_LINE_BYTES)
     return lines.select(F.from_json(F.col("value"), schema).alias("r")).select("r.*")
 
 
@@ -86,7 +95,8 @@ def load_items(
 
 
 def _items_from_events(events: DataFrame) -> Dimension:
-    """Each item's most frequent event category (ties: the smallest) as category_l1."""
+    """Each item's most frequent event category (ties: the smallest) as category_l1;
+    ``UNKNOWN_CATEGORY`` for an item whose events carry none."""
     counted = (
         events.where(F.col("item_category").isNotNull())
         .groupBy("item_id", "item_category")
@@ -100,7 +110,7 @@ def _items_from_events(events: DataFrame) -> Dimension:
     table = every.select(
         "item_id",
         none.cast("string").alias("title"),
-        "category_l1",
+        F.coalesce("category_l1", F.lit(UNKNOWN_CATEGORY)).alias("category_l1"),
         none.cast("string").alias("category_l2"),
         none.cast("string").alias("category_l3"),
         none.cast("string").alias("brand"),

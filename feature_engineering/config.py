@@ -51,7 +51,12 @@ class RawMappingConfig(StrictModel):
     )
     file_glob: str = Field("*.jsonl*", description="Files read inside each day directory.")
     csv_columns: list[str] = Field(
-        default_factory=list, description="CSV only: the columns in file order (no header line)."
+        default_factory=list, description="CSV only: the columns in file order."
+    )
+    csv_header: bool = Field(
+        False,
+        description="CSV only: the first line of every file names the columns; it is "
+        "quarantined as csv_header (with a detail when it differs from csv_columns).",
     )
     csv_delimiter: str = Field(",", min_length=1, description="CSV only; fields are not quoted.")
     fields: FieldMapping = Field(default_factory=FieldMapping)
@@ -75,8 +80,8 @@ class RawMappingConfig(StrictModel):
     )
     items_dir: str | None = Field(
         "items",
-        description="Catalog JSON Lines under raw_root; null derives the catalog "
-        "from the events' item_category.",
+        description="Catalog JSON Lines under raw_root; null derives the catalog from the "
+        "events (category from item_category, or unknown when the log has none).",
     )
     users_dir: str | None = Field("users", description="Users JSON Lines; null: no user table.")
 
@@ -105,8 +110,8 @@ class RawMappingConfig(StrictModel):
             unknown = [s for s in sources if s not in self.csv_columns]
             if unknown:
                 raise ValueError(f"fields name CSV columns {unknown} absent from csv_columns")
-        if self.items_dir is None and self.fields.item_category is None:
-            raise ValueError("items_dir: null needs fields.item_category to derive the catalog")
+        if self.csv_header and self.format != "csv":
+            raise ValueError("csv_header is for format: csv")
         return self
 
     @property
@@ -115,13 +120,39 @@ class RawMappingConfig(StrictModel):
 
 
 class BronzeConfig(StrictModel):
-    max_line_bytes: int = Field(65_536, gt=0, description="Longer lines: line_too_long.")
+    """Parsing and quarantine.
+
+    The event-time window: an event whose timestamp falls outside it is quarantined as
+    timestamp_out_of_window. ``window: ingest_days`` (the default, for a shipper that
+    writes one dt= directory per day) accepts the ingest days of the run, or
+    ``window_start..window_end`` when given, +- ``window_tolerance_days``.
+    ``window: from_data`` is for a dump whose event days are its content (one folder,
+    many days): every parseable timestamp is accepted, bounded only by
+    ``window_start..window_end`` (+- tolerance) when they are given.
+    """
+
+    max_line_bytes: int = Field(
+        65_536,
+        gt=0,
+        description="Longer lines: line_too_long; only their first max_line_bytes bytes "
+        "are read into memory and kept in the quarantine.",
+    )
+    window: Literal["ingest_days", "from_data"] = Field(
+        "ingest_days", description="Where the event-time window comes from (see above)."
+    )
     window_start: dt.date | None = Field(
         None, description="First day of the run window; null derives it from the input days."
     )
     window_end: dt.date | None = Field(None, description="Last day (inclusive) of the window.")
     window_tolerance_days: int = Field(
         2, ge=0, description="Days either side of the window before timestamp_out_of_window."
+    )
+    max_quarantined_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Above this share of a run's lines quarantined, bronze still writes "
+        "everything but exits 1 naming the dominant reason and the setting to look at.",
     )
 
     @model_validator(mode="after")

@@ -13,7 +13,8 @@ each field's value and type
 (it accepts ``NaN``/``Infinity``, which Python's ``json.dumps`` writes, so
 non-finite numbers reach the invalid_number check instead of failing the
 parse). CSV lines are split on the delimiter (no quoting); every CSV value is
-text, so numbers are checked by casting.
+text, so numbers are checked by casting, and a line with any other number of fields
+than ``csv_columns`` (a blank line included) has the status ``field_count``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ PARSE_OK = "ok"
 PARSE_TRUNCATED = "truncated"  # starts like a record of the format but does not parse
 PARSE_NOT_RECORD = "not_record"  # not a record of the format at all (blank lines included)
 PARSE_NOT_OBJECT = "not_object"  # valid JSON that is not an object
+PARSE_FIELD_COUNT = "field_count"  # CSV: not exactly the mapping's number of fields
 
 
 # Longest epoch that still fits a Spark timestamp (microseconds in a long), per unit.
@@ -152,13 +154,11 @@ def _parse_csv(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
     width = len(mapping.csv_columns)
     frame = lines.withColumn("_body", body).withColumn("_parts", parts)
     count = F.size("_parts")
-    parse = (
-        F.when(F.trim(F.col("_body")) == "", F.lit(PARSE_NOT_RECORD))
-        .when(count < width, F.lit(PARSE_TRUNCATED))
-        .when(count > width, F.lit(PARSE_NOT_RECORD))
-        .otherwise(F.lit(PARSE_OK))
+    blank = F.trim(F.col("_body")) == ""
+    parse = F.when(blank | (count != width), F.lit(PARSE_FIELD_COUNT)).otherwise(F.lit(PARSE_OK))
+    detail = F.when(blank, F.lit(f"expected {width} CSV fields, got a blank line")).otherwise(
+        F.format_string(f"expected {width} CSV fields, got %d", count)
     )
-    detail = F.format_string(f"expected {width} CSV fields, got %d", count)
     columns: list[Column] = []
     for field, source in _sources(mapping).items():
         if field == "event_id" and source is None:

@@ -1,48 +1,87 @@
-"""Find raw day directories and read their lines with file name and line number.
+"""List the raw events directory entry by entry, and read files by their literal paths.
 
-Listing goes through Hadoop's FileSystem (the JVM Spark already has), so the
-same code lists a local directory, HDFS or an object store. Lines are read by
-Spark's text source with ``\\n`` as the only separator, so line numbers match
-``wc -l`` / an editor; the bytes are kept as they are (Spark does not decode
-them), which lets bronze test UTF-8 validity exactly.
+**Listing** (on the driver, ``list_raw``): bronze walks ``<raw_root>/<events_dir>``
+itself, so every entry ends in exactly one place (DESIGN.md 4.2): a ``RawFile`` to
+read, or a ``SkippedEntry`` with a ``SkipReason``. Directly under ``events_dir`` only
+``dt=YYYY-MM-DD`` directories are ingest days; inside a day only regular files
+matching ``file_glob`` are read, hidden names (``.x``, ``_x``) included. A symlink
+is followed only when its target lies inside ``lake.raw_root``; FIFOs, sockets and
+nested directories are never opened. Local roots are listed with ``os`` (which sees
+symlinks and permissions); object stores (``s3://``, ``hdfs://``) with pyarrow's
+filesystem, which has neither.
 
-Gzip files are read by our own decompressor instead (``gzip_lines``): Hadoop's
-codec fails the whole job on a stream cut short, while a shipper that died
-mid-upload leaves exactly that. Ours keeps every complete line, decodes
-concatenated members, and hands over the cut tail as one line marked
-``cut_detail`` so bronze quarantines it. A gzip file is not splittable anyway,
-so one task per file loses no parallelism; the task holds the compressed file
-in memory (Spark's ``binaryFile`` source), so keep gzip files under a few
-hundred MB, as log shippers do.
+**Reading** (in Spark tasks, ``read_numbered_lines``): the listed paths are opened by
+Python with the exact name that was listed, never handed to Spark's file sources as
+path strings, which glob them again (``x*.jsonl`` would also read ``xy.jsonl``),
+drop hidden names, and refuse ``:``, ``{a,b}`` or ``[1]``. Lines are split on
+``\\n`` only, so line numbers match ``wc -l``; bytes stay as they are (bronze tests
+UTF-8 validity itself). Memory is bounded per task whatever the input: files are
+streamed in 1 MiB chunks, gzip output is inflated in 1 MiB steps, and a line longer
+than ``max_line_bytes`` keeps only its first ``max_line_bytes`` bytes while the rest
+streams past (its full length is kept for the quarantine detail).
+
+Gzip is decoded by our own streaming decompressor: Hadoop's codec fails the job on a
+stream cut short, which a shipper that died mid-upload leaves. Ours keeps every
+complete line, decodes concatenated members, and hands over the cut tail as one
+line marked ``cut``; a file named ``.gz`` that is not gzip is read as stored, each
+line marked ``not_gzip``, so its bytes stay recoverable from the quarantine.
+One task reads a file from start to end (a gzip file cannot be split anyway).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import fnmatch
+import functools
+import os
 import re
+import stat
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession, Window
+import pyarrow.fs as pafs
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from mtlrec.errors import InputError
+from mtlrec.raw_contract import SkipReason
 
 _DAY_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+_UNDASHED_DAY = re.compile(r"^dt=(\d{4})(\d{2})(\d{2})$")
 _GZIP_MAGIC = b"\x1f\x8b"
-_GZIP_CHUNK = 1 << 20
-_GZIP_BATCH_LINES = 8192
-GZIP_LINES_SCHEMA = pa.schema(
+_CHUNK = 1 << 20
+_BATCH_LINES = 8192
+_BATCH_BYTES = 8 << 20
+# Compressed or archived forms bronze cannot read line by line; refused by name.
+UNSUPPORTED_SUFFIXES = (
+    ".zip", ".bz2", ".xz", ".zst", ".zstd", ".lz4", ".7z", ".tar", ".tgz", ".rar",
+    ".snappy", ".lzo", ".br", ".z",
+)  # fmt: skip
+
+# Why a line ends where it does, when the file (not the line's content) decided it.
+ISSUE_CUT = "cut"  # the last line of a gzip stream that is cut short or corrupt
+ISSUE_NOT_GZIP = "not_gzip"  # a line of a file named .gz that is not gzip
+
+FILES_SCHEMA = pa.schema(
+    [("locator", pa.binary()), ("source_file", pa.string()), ("ingest_dt", pa.string())]
+)
+LINES_SCHEMA = pa.schema(
     [
         ("value", pa.binary()),
         ("source_file", pa.string()),
         ("source_line", pa.int64()),
-        ("cut_detail", pa.string()),
+        ("line_bytes", pa.int64()),
+        ("read_issue", pa.string()),
+        ("read_detail", pa.string()),
+        ("ingest_dt", pa.string()),
     ]
 )
+COUNTS_SCHEMA = pa.schema([("source_file", pa.string()), ("lines", pa.int64())])
 
 
 class RawInputError(InputError, FileNotFoundError):
@@ -50,197 +89,449 @@ class RawInputError(InputError, FileNotFoundError):
 
 
 @dataclass(frozen=True)
-class RawDay:
-    day: str
-    files: list[str]
+class RawFile:
+    """A file to read. ``source_file`` is its literal path (an absolute local path, or
+    the URI on an object store), as bronze records it; ``locator`` opens it (the
+    path's bytes: a local name need not be valid UTF-8)."""
+
+    source_file: str
+    locator: bytes
+    ingest_dt: str
 
 
-def spark_path(path: str) -> str:
-    """Local paths become absolute file URIs; URIs pass through."""
-    return path if "://" in path else Path(path).resolve().as_uri()
+@dataclass(frozen=True)
+class SkippedEntry:
+    path: str
+    ingest_dt: str | None  # None: directly under events_dir, in no ingest day
+    kind: str  # file | directory | symlink | other
+    reason: SkipReason
+    detail: str
 
 
-def glob_paths(spark: SparkSession, pattern: str) -> list[str]:
-    """Paths matching a Hadoop glob (local, HDFS or object store), sorted."""
-    jvm = spark.sparkContext._jvm
-    jsc = spark.sparkContext._jsc
-    assert jvm is not None and jsc is not None
-    hpath = jvm.org.apache.hadoop.fs.Path(pattern)
-    fs = hpath.getFileSystem(jsc.hadoopConfiguration())
-    statuses = fs.globStatus(hpath) or []
-    return sorted(str(status.getPath().toString()) for status in statuses)
+@dataclass(frozen=True)
+class RawListing:
+    days: list[str]
+    files: list[RawFile]
+    skipped: list[SkippedEntry]
 
 
-def list_days(
-    spark: SparkSession, events_root: str, file_glob: str, days: list[str] | None
-) -> list[RawDay]:
-    """The day directories to ingest (all, or exactly ``days``) with their files."""
-    root = spark_path(events_root)
-    if not glob_paths(spark, root):
-        raise RawInputError(f"raw events directory not found: {events_root}")
-    if days is None:
-        found = [p.rstrip("/").rsplit("/", 1)[-1] for p in glob_paths(spark, f"{root}/dt=*")]
-        days = sorted(m.group(1) for name in found if (m := _DAY_DIR.match(name)))
-        if not days:
-            raise RawInputError(f"no dt=YYYY-MM-DD directories under {events_root}")
-    result = []
-    for day in sorted(set(days)):
-        day_dir = f"{root}/dt={day}"
-        if not glob_paths(spark, day_dir):
-            raise RawInputError(f"raw events directory not found: {events_root}/dt={day}")
-        result.append(RawDay(day, glob_paths(spark, f"{day_dir}/{file_glob}")))
-    if not any(d.files for d in result):
-        raise RawInputError(f"no files matching {file_glob!r} under {events_root} for {days}")
-    return result
+# ---------------------------------------------------------------------- listing
+@dataclass(frozen=True)
+class _Entry:
+    """One directory entry, classified before anything is opened."""
+
+    name: str
+    path: str  # literal, for messages and source_file
+    locator: bytes
+    kind: str  # file | directory | other (of the target, for a followed symlink)
+    problem: tuple[SkipReason, str] | None  # why it cannot be used at all
+    via_symlink: bool = False
 
 
-def gzip_lines(data: bytes) -> Iterator[tuple[bytes, str | None]]:
-    """Each ``\\n``-separated line of a gzip file as (bytes, None), member after member.
+def _display(raw: bytes) -> str:
+    """A path as text: undecodable bytes of a local name become ``\\xNN``."""
+    return raw.decode("utf-8", "backslashreplace")
 
-    A stream that is cut short or corrupt ends with one more item: the bytes after the
-    last complete line (possibly empty) and why the file ends there. Trailing zero
-    padding after the last member is ignored, as gzip(1) does.
-    """
-    pending = bytearray()
-    offset = 0
-    while offset < len(data):
-        if data[offset : offset + 2] != _GZIP_MAGIC:
-            if data.count(0, offset) == len(data) - offset:
-                break
-            yield bytes(pending), f"not a gzip member at byte {offset}; the rest is unreadable"
-            return
-        member = zlib.decompressobj(zlib.MAX_WBITS | 16)
+
+class _LocalTree:
+    """A local directory tree under ``boundary`` (the resolved raw root)."""
+
+    def __init__(self, boundary: Path) -> None:
+        self.boundary = boundary
+
+    def entry(self, path: bytes) -> _Entry:
+        name = _display(os.path.basename(path))
+        shown = _display(path)
         try:
-            while not member.eof and (member.unconsumed_tail or offset < len(data)):
-                feed = member.unconsumed_tail
-                if not feed:
-                    feed = data[offset : offset + _GZIP_CHUNK]
-                    offset += len(feed)
-                # Output is capped per call so a highly compressed member cannot balloon.
-                out = member.decompress(feed, _GZIP_CHUNK)
-                last_newline = out.rfind(b"\n")
-                if last_newline < 0:  # a long line: append, never re-scan what is pending
-                    pending += out
-                    continue
-                pending += out[:last_newline]
-                for line in pending.split(b"\n"):
-                    yield bytes(line), None
-                pending = bytearray(out[last_newline + 1 :])
+            info = os.lstat(path)
+        except OSError as exc:
+            return _Entry(name, shown, path, "other", (SkipReason.UNREADABLE, exc.strerror or ""))
+        via_symlink = stat.S_ISLNK(info.st_mode)
+        if via_symlink:
+            target = os.path.realpath(path)
+            if not Path(os.fsdecode(target)).is_relative_to(self.boundary):
+                why = f"points to {_display(target)}, outside lake.raw_root {self.boundary}"
+                return _Entry(name, shown, path, "symlink", (SkipReason.SYMLINK_OUTSIDE_ROOT, why))
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                why = f"symlink to {_display(target)}: {exc.strerror}"
+                return _Entry(name, shown, path, "symlink", (SkipReason.UNREADABLE, why))
+        if stat.S_ISDIR(info.st_mode):
+            problem = None if os.access(path, os.R_OK | os.X_OK) else _no_permission()
+            return _Entry(name, shown, path, "directory", problem, via_symlink)
+        if not stat.S_ISREG(info.st_mode):
+            what = "FIFO" if stat.S_ISFIFO(info.st_mode) else "device or socket"
+            problem = (SkipReason.NOT_A_REGULAR_FILE, f"a {what}; never opened")
+            return _Entry(name, shown, path, "other", problem, via_symlink)
+        try:  # open it once here: permissions, ACLs and root all decide the same way
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            return _Entry(
+                name, shown, path, "file", (SkipReason.UNREADABLE, exc.strerror or ""), via_symlink
+            )
+        return _Entry(name, shown, path, "file", None, via_symlink)
+
+    def children(self, directory: _Entry) -> list[_Entry]:
+        try:
+            names = sorted(os.listdir(directory.locator))
+        except OSError as exc:
+            raise RawInputError(f"cannot list {directory.path}: {exc.strerror}") from None
+        return [self.entry(os.path.join(directory.locator, n)) for n in names]
+
+
+def _no_permission() -> tuple[SkipReason, str]:
+    return SkipReason.UNREADABLE, "no permission to list the directory"
+
+
+class _RemoteTree:
+    """An object store or HDFS directory tree, through pyarrow's filesystem."""
+
+    def __init__(self, uri: str) -> None:
+        self.filesystem, _ = pafs.FileSystem.from_uri(uri)
+        self.scheme = uri.split("://", 1)[0]
+
+    def _uri(self, path: str) -> str:
+        return f"{self.scheme}://{path}"
+
+    def _from_info(self, info: pafs.FileInfo) -> _Entry:
+        uri = self._uri(info.path)
+        if info.type == pafs.FileType.Directory:
+            return _Entry(info.base_name, uri, uri.encode(), "directory", None)
+        if info.type == pafs.FileType.File:
+            return _Entry(info.base_name, uri, uri.encode(), "file", None)
+        return _Entry(
+            info.base_name, uri, uri.encode(), "other", (SkipReason.UNREADABLE, "not found")
+        )
+
+    def entry(self, uri: str) -> _Entry:
+        return self._from_info(self.filesystem.get_file_info(uri.split("://", 1)[1]))
+
+    def children(self, directory: _Entry) -> list[_Entry]:
+        path = directory.locator.decode().split("://", 1)[1]
+        infos = self.filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
+        return [self._from_info(i) for i in sorted(infos, key=lambda i: i.path)]
+
+
+def _tree(raw_root: str) -> tuple[_LocalTree | _RemoteTree, Callable[[str], _Entry]]:
+    if "://" in raw_root and not raw_root.startswith("file://"):
+        remote = _RemoteTree(raw_root)
+        return remote, remote.entry
+    boundary = Path(os.path.realpath(raw_root.removeprefix("file://")))
+    local = _LocalTree(boundary)
+    return local, lambda path: local.entry(os.fsencode(os.path.abspath(path)))
+
+
+def _day_of(entry: _Entry) -> tuple[str | None, SkippedEntry | None]:
+    """(the ingest day, None) for a usable day directory, else (None, why it is skipped)."""
+    match = _DAY_DIR.match(entry.name)
+    if entry.problem is not None:
+        return None, SkippedEntry(entry.path, None, entry.kind, *entry.problem)
+    if entry.kind != "directory" or not match:
+        if entry.kind != "directory":
+            why = "not a directory; files are read from dt=YYYY-MM-DD directories"
+        elif undashed := _UNDASHED_DAY.match(entry.name):
+            why = f"expected dt=YYYY-MM-DD: rename it dt={'-'.join(undashed.groups())}"
+        else:
+            why = "not a dt=YYYY-MM-DD directory"
+        return None, SkippedEntry(entry.path, None, entry.kind, SkipReason.NOT_AN_INGEST_DAY, why)
+    try:
+        dt.date.fromisoformat(match.group(1))
+    except ValueError as exc:
+        return None, SkippedEntry(entry.path, None, entry.kind, SkipReason.INVALID_DAY, str(exc))
+    return match.group(1), None
+
+
+def _file_or_skip(entry: _Entry, day: str | None, file_glob: str) -> RawFile | SkippedEntry:
+    def skip(reason: SkipReason, why: str) -> SkippedEntry:
+        return SkippedEntry(entry.path, day, "symlink" if entry.via_symlink else entry.kind,
+                            reason, why)  # fmt: skip
+
+    if entry.problem is not None:
+        return skip(*entry.problem)
+    if entry.kind != "file":
+        return skip(SkipReason.NOT_A_REGULAR_FILE, f"a {entry.kind}; only files directly inside "
+                    "a day directory are read")  # fmt: skip
+    if not fnmatch.fnmatchcase(entry.name, file_glob):
+        hint = ""
+        if fnmatch.fnmatchcase(entry.name.lower(), file_glob.lower()):
+            hint = " (it matches ignoring case: rename it or widen the glob)"
+        return skip(SkipReason.NOT_MATCHING_GLOB,
+                    f"not matching features.raw_mapping.file_glob {file_glob!r}{hint}")  # fmt: skip
+    if entry.name.lower().endswith(UNSUPPORTED_SUFFIXES):
+        return skip(SkipReason.UNSUPPORTED_COMPRESSION, "compressed or archived in a form bronze "
+                    "cannot stream; unpack it (plain or .gz) into the day directory")  # fmt: skip
+    return RawFile(entry.path, entry.locator, day or "")
+
+
+def list_raw(raw_root: str, events_dir: str, file_glob: str, days: list[str] | None) -> RawListing:
+    """Every entry of ``<raw_root>/<events_dir>`` for the run: files to read, or skipped.
+
+    ``days`` restricts the run to those ingest days (each must exist); entries
+    directly under ``events_dir`` that are not day directories are reported on every
+    run. Raises ``RawInputError`` when there is nothing to read.
+    """
+    tree, entry_at = _tree(raw_root)
+    events_path = f"{raw_root.rstrip('/')}/{events_dir}"
+    root = entry_at(events_path)
+    if root.problem is not None or root.kind != "directory":
+        why = root.problem[1] if root.problem else f"a {root.kind}"
+        raise RawInputError(f"raw events directory not found: {events_path} ({why})")
+    skipped: list[SkippedEntry] = []
+    day_dirs: dict[str, _Entry] = {}
+    for entry in tree.children(root):
+        day, skip = _day_of(entry)
+        if skip is not None:
+            skipped.append(skip)
+        elif day is not None:
+            day_dirs[day] = entry
+    if days is None:
+        days = sorted(day_dirs)
+        if not days:
+            raise RawInputError(f"no dt=YYYY-MM-DD directories under {events_path}")
+    files: list[RawFile] = []
+    for day in sorted(set(days)):
+        if day not in day_dirs:
+            raise RawInputError(f"raw events directory not found: {events_path}/dt={day}")
+        for entry in tree.children(day_dirs[day]):
+            found = _file_or_skip(entry, day, file_glob)
+            (files if isinstance(found, RawFile) else skipped).append(found)  # type: ignore[arg-type]
+    if not files:
+        reasons = sorted({s.reason.value for s in skipped})
+        raise RawInputError(
+            f"no readable files matching {file_glob!r} under {events_path} for {sorted(set(days))}"
+            + (f" ({len(skipped)} entries skipped: {', '.join(reasons)})" if skipped else "")
+        )
+    return RawListing(sorted(set(days)), files, skipped)
+
+
+def list_files(
+    raw_root: str, directory: str, file_glob: str
+) -> tuple[list[RawFile], list[SkippedEntry]]:
+    """The files matching ``file_glob`` directly inside ``<raw_root>/<directory>`` (a
+    catalog or user table), by the same rules as a day directory."""
+    tree, entry_at = _tree(raw_root)
+    path = f"{raw_root.rstrip('/')}/{directory}"
+    folder = entry_at(path)
+    if folder.problem is not None or folder.kind != "directory":
+        raise RawInputError(f"directory not found: {path}")
+    files: list[RawFile] = []
+    skipped: list[SkippedEntry] = []
+    for entry in tree.children(folder):
+        found = _file_or_skip(entry, None, file_glob)
+        (files if isinstance(found, RawFile) else skipped).append(found)  # type: ignore[arg-type]
+    if not files:
+        raise RawInputError(f"no files matching {file_glob!r} under {path}")
+    return files, skipped
+
+
+# ---------------------------------------------------------------------- reading
+def _open(locator: bytes) -> BinaryIO:
+    if locator.startswith(b"/"):
+        return open(locator, "rb")
+    uri = locator.decode()
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    return filesystem.open_input_stream(path)
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    while chunk := handle.read(_CHUNK):
+        yield chunk
+
+
+def _only_zeros(data: bytes, rest: Iterator[bytes]) -> bool:
+    """Whether ``data`` and everything after it are zero bytes (padding gzip(1) ignores)."""
+    if data.count(0) != len(data):
+        return False
+    return all(chunk.count(0) == len(chunk) for chunk in rest)
+
+
+def _gunzip(chunks: Iterator[bytes], ending: list[str]) -> Iterator[bytes]:
+    """Inflated bytes of a gzip stream, member after member, in steps of at most 1 MiB.
+
+    A stream that is cut short or corrupt stops with the reason appended to ``ending``.
+    """
+    data = b""
+    offset = 0  # compressed bytes before ``data``
+    member: zlib._Decompress | None = None
+    while True:
+        if member is None:  # at a member boundary
+            while len(data) < 2 and (more := next(chunks, b"")):
+                data += more
+            if not data:
+                return
+            if data[:2] != _GZIP_MAGIC:
+                if not _only_zeros(data, chunks):
+                    ending.append(f"not a gzip member at byte {offset}; the rest is unreadable")
+                return
+            member = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        if not data:
+            data = next(chunks, b"")
+            if not data:
+                # Input is exhausted: whatever zlib still holds, then the member must be whole.
+                while out := member.decompress(b"", _CHUNK):
+                    yield out
+                if not member.eof:
+                    ending.append(f"gzip stream cut short after {offset} bytes")
+                    return
+                member = None
+                continue
+        try:
+            out = member.decompress(data, _CHUNK)  # output capped: a bomb inflates in steps
         except zlib.error as exc:
-            yield bytes(pending), f"gzip data corrupt near byte {offset}: {exc}"
+            ending.append(f"gzip data corrupt near byte {offset}: {exc}")
             return
-        offset -= len(member.unused_data)
-        if not member.eof:
-            yield bytes(pending), f"gzip stream cut short after {len(data)} bytes"
-            return
-    if pending:
-        yield bytes(pending), None
+        if out:
+            yield out
+        rest = member.unused_data if member.eof else member.unconsumed_tail
+        offset += len(data) - len(rest)
+        data = rest
+        if member.eof:
+            member = None
 
 
-def _numbered_gzip_lines(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: binaryFile rows (path, content) to numbered lines."""
-    columns: dict[str, list[object]] = {name: [] for name in GZIP_LINES_SCHEMA.names}
+RawLine = tuple[bytes, int, str | None, str | None]
+"""(the line's bytes, cut to max_line_bytes; its full length; read issue; issue detail)."""
+
+
+def _split_lines(
+    pieces: Iterable[bytes], max_line_bytes: int, ending: list[str] | None = None
+) -> Iterator[RawLine]:
+    """``\\n``-separated lines of a byte stream; a line keeps at most ``max_line_bytes``.
+
+    The last line needs no newline. When ``ending`` holds a reason after the stream
+    (a cut gzip file), the bytes after the last newline are one more line, possibly
+    empty, marked ``ISSUE_CUT``.
+    """
+    head = bytearray()  # the kept bytes of the line in progress
+    length = 0  # its full length so far
+    for piece in pieces:
+        parts = piece.split(b"\n")
+        for part in parts[:-1]:
+            if length == 0:
+                yield part[:max_line_bytes], len(part), None, None
+            else:
+                head += part[: max(0, max_line_bytes - len(head))]
+                yield bytes(head), length + len(part), None, None
+                head, length = bytearray(), 0
+        last = parts[-1]
+        head += last[: max(0, max_line_bytes - len(head))]
+        length += len(last)
+    if ending:
+        yield bytes(head), length, ISSUE_CUT, ending[0]
+    elif length:
+        yield bytes(head), length, None, None
+
+
+def read_lines(chunks: Iterable[bytes], gzipped: bool, max_line_bytes: int) -> Iterator[RawLine]:
+    """The lines of one file given as chunks of its bytes (see ``_split_lines``).
+
+    A file named ``.gz`` whose bytes do not start like gzip is read as stored, each
+    line marked ``ISSUE_NOT_GZIP``.
+    """
+    stream = iter(chunks)
+    first = next(stream, b"")
+    whole = _prepend(first, stream)
+    if not gzipped:
+        yield from _split_lines(whole, max_line_bytes)
+        return
+    if first and not first.startswith(_GZIP_MAGIC):
+        why = f"named .gz but not gzip (starts with {first[:4]!r}); raw_line is the line as stored"
+        for value, length, _, _ in _split_lines(whole, max_line_bytes):
+            yield value, length, ISSUE_NOT_GZIP, why
+        return
+    ending: list[str] = []
+    yield from _split_lines(_gunzip(whole, ending), max_line_bytes, ending)
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _file_lines(locator: bytes, source_file: str, max_line_bytes: int) -> Iterator[RawLine]:
+    with _open(locator) as handle:
+        yield from read_lines(_chunks(handle), source_file.endswith(".gz"), max_line_bytes)
+
+
+def _numbered_lines(
+    max_line_bytes: int, batches: Iterable[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: listed files (locator, source_file, ingest_dt) to numbered lines."""
+    columns: dict[str, list[object]] = {name: [] for name in LINES_SCHEMA.names}
+    held = 0
 
     def flush() -> pa.RecordBatch:
-        batch = pa.RecordBatch.from_pydict(columns, schema=GZIP_LINES_SCHEMA)
+        batch = pa.RecordBatch.from_pydict(columns, schema=LINES_SCHEMA)
         for values in columns.values():
             values.clear()
         return batch
 
     for batch in batches:
-        for path, content in zip(
-            batch.column("path").to_pylist(), batch.column("content").to_pylist(), strict=True
-        ):
-            for number, (line, cut) in enumerate(gzip_lines(content), start=1):
-                columns["value"].append(line)
-                columns["source_file"].append(path)
+        for locator, source_file, ingest_dt in zip(*batch.to_pydict().values(), strict=True):
+            lines = _file_lines(locator, source_file, max_line_bytes)
+            for number, (value, length, issue, detail) in enumerate(lines, start=1):
+                columns["value"].append(value)
+                columns["source_file"].append(source_file)
                 columns["source_line"].append(number)
-                columns["cut_detail"].append(cut)
-                if len(columns["value"]) >= _GZIP_BATCH_LINES:
+                columns["line_bytes"].append(length)
+                columns["read_issue"].append(issue)
+                columns["read_detail"].append(detail)
+                columns["ingest_dt"].append(ingest_dt)
+                held += len(value)
+                if len(columns["value"]) >= _BATCH_LINES or held >= _BATCH_BYTES:
                     yield flush()
+                    held = 0
     if columns["value"]:
         yield flush()
 
 
-def _read_gzip_lines(spark: SparkSession, files: list[str]) -> DataFrame:
+def _counted_lines(
+    max_line_bytes: int, batches: Iterable[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: listed files to (source_file, lines), by the same line rules."""
+    for batch in batches:
+        counts: dict[str, list[object]] = {"source_file": [], "lines": []}
+        for locator, source_file, _ in zip(*batch.to_pydict().values(), strict=True):
+            counts["source_file"].append(source_file)
+            counts["lines"].append(
+                sum(1 for _ in _file_lines(locator, source_file, max_line_bytes))
+            )
+        yield pa.RecordBatch.from_pydict(counts, schema=COUNTS_SCHEMA)
+
+
+def _files_frame(spark: SparkSession, files: list[RawFile]) -> DataFrame:
+    """One row per file, spread over tasks (a task reads its files one after another)."""
+    rows = [(bytearray(f.locator), f.source_file, f.ingest_dt) for f in files]
+    slices = max(1, min(len(files), spark.sparkContext.defaultParallelism * 4))
+    return spark.createDataFrame(rows, from_arrow_schema(FILES_SCHEMA)).repartition(slices)
+
+
+def read_numbered_lines(
+    spark: SparkSession, files: list[RawFile], max_line_bytes: int
+) -> DataFrame:
+    """Columns: value (string holding the raw bytes, at most ``max_line_bytes`` of them),
+    source_file, source_line (1-based), line_bytes (the full length), read_issue
+    (``ISSUE_CUT``, ``ISSUE_NOT_GZIP`` or null), read_detail, ingest_dt.
+
+    Nothing is cached: each action reads the files again (memory stays bounded).
+    """
+    body = functools.partial(_numbered_lines, max_line_bytes)
     return (
-        spark.read.format("binaryFile")
-        .load(files)
-        .select("path", "content")
-        .mapInArrow(_numbered_gzip_lines, from_arrow_schema(GZIP_LINES_SCHEMA))
-        # A binary-to-string cast keeps the bytes as they are, like the text source.
+        _files_frame(spark, files)
+        .mapInArrow(body, from_arrow_schema(LINES_SCHEMA))
+        # A binary-to-string cast keeps the bytes as they are; bronze checks UTF-8 itself.
         .withColumn("value", F.col("value").cast("string"))
     )
 
 
-@dataclass(frozen=True)
-class NumberedLines:
-    lines: DataFrame
-    cached: DataFrame | None
-
-    def release(self) -> None:
-        if self.cached is not None:
-            self.cached.unpersist()
-
-
-def _read_text_lines(spark: SparkSession, files: list[str]) -> tuple[DataFrame, DataFrame]:
-    """Plain (or Hadoop-codec) files: numbered lines and the persisted frame behind them.
-
-    ``monotonically_increasing_id`` numbers rows within each Spark partition in
-    file order; a file split (``file_block_start``) is contiguous in one
-    partition, so a line's number is its offset inside its split plus the
-    lines of the earlier splits of the same file. Only one row per split is
-    aggregated; nothing reaches the driver. The scan is persisted so the ids
-    are computed once.
-    """
-    raw = (
-        spark.read.option("lineSep", "\n")
-        .text(files)
-        .select(
-            "value",
-            F.col("_metadata.file_path").alias("source_file"),
-            F.col("_metadata.file_block_start").alias("block_start"),
-            F.monotonically_increasing_id().alias("row_id"),
-        )
-        .persist()
-    )
-    earlier = (
-        Window.partitionBy("source_file")
-        .orderBy("block_start")
-        .rowsBetween(Window.unboundedPreceding, -1)
-    )
-    splits = (
-        raw.groupBy("source_file", "block_start")
-        .agg(F.count(F.lit(1)).alias("n"), F.min("row_id").alias("first_row"))
-        .withColumn("offset", F.coalesce(F.sum("n").over(earlier), F.lit(0)))
-        .drop("n")
-    )
-    lines = raw.join(F.broadcast(splits), ["source_file", "block_start"]).select(
-        "value",
-        "source_file",
-        (F.col("offset") + F.col("row_id") - F.col("first_row") + 1).alias("source_line"),
-        F.lit(None).cast("string").alias("cut_detail"),
-    )
-    return lines, raw
-
-
-def read_numbered_lines(spark: SparkSession, files: list[str]) -> NumberedLines:
-    """``lines`` columns: value (string, raw bytes), source_file, source_line (1-based),
-    cut_detail (why a gzip file ends at this line, else null), ingest_dt.
-
-    The caller calls ``release()`` when done with ``lines``.
-    """
-    gzipped = [f for f in files if f.endswith(".gz")]
-    plain = [f for f in files if not f.endswith(".gz")]
-    parts: list[DataFrame] = []
-    cached = None
-    if plain:
-        text_lines, cached = _read_text_lines(spark, plain)
-        parts.append(text_lines)
-    if gzipped:
-        parts.append(_read_gzip_lines(spark, gzipped))
-    lines = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
-    lines = lines.withColumn(
-        "ingest_dt", F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1)
-    )
-    return NumberedLines(lines, cached)
+def count_file_lines(
+    spark: SparkSession, files: list[RawFile], max_line_bytes: int
+) -> dict[str, int]:
+    """Lines per file, counted by reading every file once more (nothing but the counts
+    reaches the driver): the left side of bronze's per-file reconciliation."""
+    body = functools.partial(_counted_lines, max_line_bytes)
+    counted = _files_frame(spark, files).mapInArrow(body, from_arrow_schema(COUNTS_SCHEMA))
+    return {str(r["source_file"]): int(r["lines"]) for r in counted.collect()}

@@ -25,6 +25,7 @@ from feature_engineering.behavior_log import synthesize_impressions
 from feature_engineering.bronze import EVENTS_TABLE as BRONZE_EVENTS
 from feature_engineering.catalog import ITEM_COLUMNS, USER_COLUMNS, load_items, load_users
 from feature_engineering.config import BotConfig, FeatureConfig
+from feature_engineering.labels import conversion_attribution
 from feature_engineering.sessionize import sessionize
 from mtlrec.errors import InputError
 from mtlrec.lake import CommitResult, Lake, PartitionFilter
@@ -61,6 +62,7 @@ class SilverResult:
     bot_user_days: int
     unknown_item_events: int
     synthesized_impressions: int
+    conversions: dict[str, dict[str, int]]
 
 
 def _context_days(days: list[str], context: int) -> list[str]:
@@ -216,6 +218,11 @@ def run_silver(
 
     day_filter: list[PartitionFilter] = [("dt", "in", run_days)]
     written = _committed_rows(spark, lake, EVENTS_TABLE, events_commit, day_filter)
+    # What gold's attribution window will make of the run days' conversions (DESIGN.md 4.3).
+    conversions = conversion_attribution(
+        lake.read_table(spark, EVENTS_TABLE, filters=day_filter),
+        fcfg.gold.attribution_window_hours,
+    )
     result = SilverResult(
         days=run_days,
         rows_in=int(counts["rows_in"]),
@@ -226,6 +233,7 @@ def run_silver(
         bot_user_days=int(summary["bot_user_days"]),
         unknown_item_events=int(summary["unknown"]),
         synthesized_impressions=written - int(summary["humans"]),
+        conversions=conversions,
     )
     log_stage(
         _log,
@@ -239,6 +247,8 @@ def run_silver(
         bot_user_days=result.bot_user_days,
         unknown_item_events=result.unknown_item_events,
         synthesized_impressions=result.synthesized_impressions,
+        conversions=conversions,
+        attribution_window_hours=fcfg.gold.attribution_window_hours,
         items=catalog_size,
         items_rejected=items.rejected,
         items_duplicates=items.duplicates,

@@ -43,7 +43,10 @@ from mtlrec.log import get_logger, log_stage
 from mtlrec.storage import LakeStorage
 
 WriteMode = Literal["append", "overwrite"]
-ReplacePartitions = Literal["written"] | Sequence[Mapping[str, str]] | None
+PartitionSpec = Mapping[str, str | None]
+"""Values of some or all partition columns (None: the null partition); it matches every
+partition that agrees on the columns it names."""
+ReplacePartitions = Literal["written"] | Sequence[PartitionSpec] | None
 PartitionFilter = tuple[str, Literal["=", "!=", "in", "not in"], Any]
 
 _TABLE_NAME = re.compile(r"^(bronze|silver|gold)/[a-z][a-z0-9_]*$")
@@ -262,8 +265,10 @@ class Lake:
         """Write ``df`` with Spark (in parallel) and commit it atomically.
 
         ``mode="overwrite"`` replaces the whole table when ``replace_partitions`` is None,
-        the partitions present in ``df`` when it is ``"written"``, or exactly the listed
-        partitions otherwise. A ``run_id`` already committed to this table makes the
+        the partitions present in ``df`` when it is ``"written"``, or every partition
+        matching one of the listed specs otherwise (a spec may name only some partition
+        columns, e.g. ``{"ingest_dt": d}`` of a table partitioned by dt and ingest_dt);
+        written files must fall inside them. A ``run_id`` already committed to this table makes the
         call a no-op, so a retried job never appends twice.
         """
         started = time.monotonic()
@@ -614,27 +619,23 @@ def _removes_for(
             raise LakeError("replace_partitions needs a partitioned table")
         if replace_partitions == "written":
             targets = {tuple(a.partition_values.get(c) for c in partition_cols) for a in adds}
+            doomed = [
+                a
+                for a in existing
+                if tuple(a["partition_values"].get(c) for c in partition_cols) in targets
+            ]
         else:
             assert not isinstance(replace_partitions, str)
-            targets = set()
-            for spec in replace_partitions:
-                if set(spec) != set(partition_cols):
+            specs = list(replace_partitions)
+            for spec in specs:
+                if not spec or not set(spec) <= set(partition_cols):
                     raise LakeError(
-                        f"replace_partitions entry {dict(spec)} must name exactly {partition_cols}"
+                        f"replace_partitions entry {dict(spec)} must name some of {partition_cols}"
                     )
-                targets.add(tuple(spec[c] for c in partition_cols))
-            stray = [
-                a.path
-                for a in adds
-                if tuple(a.partition_values.get(c) for c in partition_cols) not in targets
-            ]
+            stray = [a.path for a in adds if not _in_specs(a.partition_values, specs)]
             if stray:
                 raise LakeError(f"written files outside replace_partitions: {stray[:3]}")
-        doomed = [
-            a
-            for a in existing
-            if tuple(a["partition_values"].get(c) for c in partition_cols) in targets
-        ]
+            doomed = [a for a in existing if _in_specs(a["partition_values"], specs)]
     now = int(time.time() * 1000)
     return [
         RemoveAction(
@@ -648,12 +649,18 @@ def _removes_for(
     ]
 
 
-def _replace_where_sql(partitions: Sequence[Mapping[str, str]]) -> str:
-    def quote(value: str) -> str:
-        return "'" + value.replace("'", "''") + "'"
+def _in_specs(values: Mapping[str, str | None], specs: Sequence[PartitionSpec]) -> bool:
+    return any(all(values.get(c) == v for c, v in spec.items()) for spec in specs)
+
+
+def _replace_where_sql(partitions: Sequence[PartitionSpec]) -> str:
+    def equals(column: str, value: str | None) -> str:
+        if value is None:
+            return f"`{column}` IS NULL"
+        return f"`{column}` = '" + value.replace("'", "''") + "'"
 
     clauses = [
-        "(" + " AND ".join(f"`{k}` = {quote(v)}" for k, v in sorted(spec.items())) + ")"
+        "(" + " AND ".join(equals(k, v) for k, v in sorted(spec.items())) + ")"
         for spec in partitions
     ]
     return " OR ".join(clauses) or "false"

@@ -40,3 +40,28 @@ class SilverOutcome(StrEnum):
     UNKNOWN_ITEM = "unknown_item"  # item_id not in the catalog: kept, flagged
     BOT_USER = "bot_user"  # absurd activity: moved to silver/bot_events
     LATE_ARRIVAL = "late_arrival"  # written into the next day's partition
+
+
+class FormatReason(StrEnum):
+    """Quarantine codes that come from the file's format, not a line's content.
+
+    Kept apart from ``QuarantineReason`` because the JSON Lines generator has no rate
+    for them: they occur in CSV logs and in files that are not what their name says.
+    """
+
+    NOT_GZIP = "not_gzip"  # a line of a file named .gz that is not gzip (kept as stored)
+    CSV_HEADER = "csv_header"  # the first line of a CSV file with raw_mapping.csv_header
+    WRONG_FIELD_COUNT = "wrong_field_count"  # a CSV line with more or fewer fields (or blank)
+    TRUNCATED_RECORD = "truncated_record"  # CSV: the tail of a gzip stream cut short
+
+
+class SkipReason(StrEnum):
+    """Why an entry under the raw events directory was not read (``bronze/skipped_files``)."""
+
+    NOT_AN_INGEST_DAY = "not_an_ingest_day"  # directly under events_dir, not dt=YYYY-MM-DD/
+    INVALID_DAY = "invalid_day"  # dt=YYYY-MM-DD that is no calendar day (dt=2026-02-30)
+    NOT_MATCHING_GLOB = "not_matching_glob"  # not matching raw_mapping.file_glob
+    UNSUPPORTED_COMPRESSION = "unsupported_compression"  # .zip, .bz2, ...: refused by name
+    SYMLINK_OUTSIDE_ROOT = "symlink_outside_root"  # a link leaving lake.raw_root
+    UNREADABLE = "unreadable"  # open or list failed (permissions, a broken link)
+    NOT_A_REGULAR_FILE = "not_a_regular_file"  # a nested directory, FIFO, socket or device

@@ -69,6 +69,31 @@ _PROPERTY_LINE = re.compile(
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 _MIN_SECRET_LEN = 6
 
+# A lake root is a directory of its own: never the filesystem root, never a shared
+# top-level directory itself, and never inside a tree the operating system owns.
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run",
+                 "/sbin", "/sys", "/usr")  # fmt: skip
+_SHARED_DIRS = ("/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var")
+
+
+def refuse_system_root(root: str) -> None:
+    """Raise ``StorageError`` for a local lake root that is ``/``, a shared top-level
+    directory itself (``/tmp``, ``/home``, ...) or inside a system tree (``/etc/...``,
+    ``/usr/...``). ``/data/lake``, ``/tmp/x/lake`` or ``/lake`` are fine.
+
+    A lake writes ``<root>/bronze``, ``<root>/silver``, ... and removes what it replaces
+    there; ``lake.root=/`` would do that at the top of the filesystem.
+    """
+    if "://" in root and not root.startswith("file://"):
+        return
+    path = os.path.realpath(root.removeprefix("file://") or "/")
+    system = any(path == t or path.startswith(t + "/") for t in _SYSTEM_TREES)
+    if path == "/" or path in _SHARED_DIRS or system:
+        raise StorageError(
+            f"lake.root {root!r} resolves to {path}: a filesystem root or system directory; "
+            "give the lake a directory of its own (e.g. ./lake or /data/lake)"
+        )
+
 
 class StorageError(InputError, ValueError):
     """A lake root or storage option that cannot be used; the message names it."""
@@ -145,6 +170,7 @@ class LakeStorage:
     def __init__(self, root: str, storage_options: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.scheme = urlsplit(root).scheme.lower() if "://" in root else "file"
+        refuse_system_root(root)
         self._options = _canonical(storage_options or {})
         if self.is_s3:
             if not urlsplit(root).netloc:

@@ -26,7 +26,9 @@ from mtlrec.raw_contract import QuarantineReason as Q
 pytestmark = pytest.mark.spark
 
 DAY1, DAY2 = "2026-10-01", "2026-10-02"
-CFG = FeatureConfig(bronze=BronzeConfig(max_line_bytes=400))
+MAX_LINE_BYTES = 400
+# The log is mostly defects by design: the quarantine guard is checked in test_raw_hostile.
+CFG = FeatureConfig(bronze=BronzeConfig(max_line_bytes=MAX_LINE_BYTES, max_quarantined_share=1))
 
 
 def line(payload: Any) -> bytes:
@@ -144,6 +146,9 @@ def test_quarantine_keeps_raw_text_and_a_detail(ingested: tuple[Lake, Path, Bron
     for key, row in rows.items():
         if row["reason"] == Q.INVALID_ENCODING:
             assert base64.b64decode(row["raw_line"]) == raw[key]
+        elif row["reason"] == Q.LINE_TOO_LONG:  # only the first max_line_bytes were read
+            assert row["raw_line"].encode() == raw[key][:MAX_LINE_BYTES]
+            assert row["detail"].startswith(f"{len(raw[key])} bytes > ")
         else:
             assert row["raw_line"].encode() == raw[key]
         assert row["detail"], f"{key} has no detail"

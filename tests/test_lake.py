@@ -182,3 +182,42 @@ def test_columns_without_footer_statistics_still_commit(spark: SparkSession, lak
     result = lake.write_table(long_lines, "bronze/quarantine")
     assert result.rows == 40
     assert lake.read_arrow("bronze/quarantine").num_rows == 40
+
+
+def test_a_spec_naming_some_partition_columns_replaces_every_matching_partition(
+    lake: Lake,
+) -> None:
+    """Bronze replaces {"ingest_dt": d}: every event day of that ingest day, and the null
+    partition of entries that belong to no ingest day."""
+
+    def rows(pairs: list[tuple[str, str | None]]) -> pa.Table:
+        return pa.table(
+            {
+                "x": list(range(len(pairs))),
+                "dt": [d for d, _ in pairs],
+                "ingest_dt": pa.array([i for _, i in pairs], pa.string()),
+            }
+        )
+
+    first = [("d1", "i1"), ("d2", "i1"), ("d1", "i2"), ("d3", None)]
+    lake.write_arrow(rows(first), "bronze/t", mode="overwrite", partition_by=["dt", "ingest_dt"])
+    lake.write_arrow(
+        rows([("d9", "i1")]),
+        "bronze/t",
+        mode="overwrite",
+        replace_partitions=[{"ingest_dt": "i1"}, {"ingest_dt": None}],
+    )
+    left = sorted(
+        zip(
+            *lake.read_arrow("bronze/t", columns=["dt", "ingest_dt"]).to_pydict().values(),
+            strict=True,
+        )
+    )
+    assert left == [("d1", "i2"), ("d9", "i1")]
+    with pytest.raises(LakeError, match="outside replace_partitions"):
+        lake.write_arrow(
+            rows([("d1", "i3")]),
+            "bronze/t",
+            mode="overwrite",
+            replace_partitions=[{"ingest_dt": "i1"}],
+        )

@@ -1,20 +1,31 @@
-"""The gzip line reader bronze uses for ``.gz`` files (feature_engineering.raw_input)."""
+"""The streaming line reader bronze uses for every raw file (feature_engineering.raw_input)."""
 
 from __future__ import annotations
 
 import gzip
+import tracemalloc
 import zlib
 
 import pytest
 
-from feature_engineering.raw_input import gzip_lines
+from feature_engineering.raw_input import ISSUE_CUT, ISSUE_NOT_GZIP, read_lines
 
 LINES = [f'{{"event_id": "e{i}", "note": "{i:06d}"}}'.encode() for i in range(2000)]
 BODY = b"\n".join(LINES) + b"\n"
 
 
-def read(data: bytes) -> list[tuple[bytes, str | None]]:
-    return list(gzip_lines(data))
+NO_CAP = 1 << 40
+
+
+def read(data: bytes, chunk: int = 1 << 20) -> list[tuple[bytes, str | None]]:
+    """A gzip file's lines as (bytes, why the file ends here, or None), fed in chunks."""
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    lines = []
+    for value, length, issue, detail in read_lines(chunks, gzipped=True, max_line_bytes=NO_CAP):
+        assert length == len(value)
+        assert (issue == ISSUE_CUT) == (detail is not None)
+        lines.append((value, detail))
+    return lines
 
 
 def test_concatenated_members_read_as_one_file() -> None:
@@ -22,6 +33,7 @@ def test_concatenated_members_read_as_one_file() -> None:
     cut = BODY.index(b"\n", half) + 1
     data = gzip.compress(BODY[:cut]) + gzip.compress(BODY[cut:])
     assert read(data) == [(line, None) for line in LINES]
+    assert read(data, chunk=7) == [(line, None) for line in LINES], "member boundary mid-chunk"
 
 
 def test_a_line_split_across_members_is_one_line() -> None:
@@ -77,3 +89,52 @@ def test_a_highly_compressed_member_is_decoded_in_bounded_steps() -> None:
     big = b"x" * (50 << 20) + b"\nend\n"
     got = read(gzip.compress(big, compresslevel=1))
     assert [len(line) for line, _ in got] == [50 << 20, 3]
+
+
+def test_a_cut_stream_fed_in_small_chunks_reports_the_same_cut() -> None:
+    whole = gzip.compress(BODY)
+    cut = whole[: len(whole) // 2]
+    assert read(cut, chunk=13) == read(cut)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
+def test_a_long_line_is_cut_while_it_streams_and_keeps_its_length(chunk: int) -> None:
+    data = b"short\n" + b"y" * 100 + b"\n" + b"z" * 30
+    pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    got = list(read_lines(pieces, gzipped=False, max_line_bytes=10))
+    assert got == [
+        (b"short", 5, None, None),
+        (b"y" * 10, 100, None, None),
+        (b"z" * 10, 30, None, None),
+    ]
+
+
+def test_a_gzip_bomb_line_is_cut_and_never_held_whole() -> None:
+    """64 MiB of one line inflate from ~64 KiB; the reader keeps max_line_bytes of it."""
+    bomb = gzip.compress(b"x" * (64 << 20) + b"\nafter\n")
+    assert len(bomb) < 1 << 20
+    tracemalloc.start()
+    try:
+        got = list(read_lines([bomb], gzipped=True, max_line_bytes=64))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == [(b"x" * 64, 64 << 20, None, None), (b"after", 5, None, None)]
+    assert peak < 8 << 20, f"peak {peak} bytes: the line was held, not streamed"
+
+
+def test_a_gz_file_that_is_not_gzip_keeps_its_lines_as_stored() -> None:
+    got = list(read_lines([b"a\nbb\n", b"ccc"], gzipped=True, max_line_bytes=NO_CAP))
+    assert [(value, length, issue) for value, length, issue, _ in got] == [
+        (b"a", 1, ISSUE_NOT_GZIP),
+        (b"bb", 2, ISSUE_NOT_GZIP),
+        (b"ccc", 3, ISSUE_NOT_GZIP),
+    ]
+    assert all("not gzip" in str(detail) for *_, detail in got)
+
+
+def test_plain_lines_match_wc_l_numbering() -> None:
+    data = b"a\r\n\nb"
+    got = list(read_lines([data], gzipped=False, max_line_bytes=NO_CAP))
+    assert [v for v, *_ in got] == [b"a\r", b"", b"b"]
+    assert list(read_lines([b""], gzipped=False, max_line_bytes=NO_CAP)) == []
