@@ -7,6 +7,7 @@
 #   scripts/cluster.sh up [--config FILE] [--set k=v ...]   start it (sizes from the config)
 #   scripts/cluster.sh status                                what runs, and where
 #   scripts/cluster.sh run COMMAND...                        run COMMAND where Ray is reachable
+#   scripts/cluster.sh restart NAME                          start a stopped node again
 #   scripts/cluster.sh down                                  stop exactly what `up` started
 #
 # Spark jobs:  scripts/submit.sh --master spark://127.0.0.1:7077 jobs/build_features.py ...
@@ -38,8 +39,28 @@ alive() { [[ -f "$DIR/pids/$1.pid" ]] && kill -0 "$(cat "$DIR/pids/$1.pid")" 2>/
 launch() {
   local name="$1"
   shift
-  setsid "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  printf '%s\0' "$@" >"$DIR/pids/$name.cmd"  # for `restart NAME`
+  setsid "$@" >>"$DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/$name.pid"
+}
+
+# Start one stopped process again with its recorded command and environment (a Ray node
+# or a Spark worker that died or was killed: what a cluster manager would do).
+restart() {
+  local name="$1" command=()
+  if [[ ! -f "$STATE" || ! -f "$DIR/pids/$name.cmd" ]]; then
+    echo "cluster: no process $name in $DIR/pids" >&2
+    exit 2
+  fi
+  if alive "$name"; then
+    echo "cluster: $name is running" >&2
+    exit 2
+  fi
+  mapfile -d '' command <"$DIR/pids/$name.cmd"
+  # shellcheck disable=SC1090
+  source "$DIR/pids/env.sh"
+  launch "$name" "${command[@]}"
+  echo "restarted $name (pid $(cat "$DIR/pids/$name.pid"))"
 }
 
 # The command prefix that enters the Ray nodes' network namespace (none on the host network).
@@ -84,9 +105,10 @@ up() {
   # Spark: master and workers on loopback, the master's web UI (and its /json/) too.
   export SPARK_LOCAL_IP=127.0.0.1 SPARK_MASTER_HOST=127.0.0.1 SPARK_DAEMON_MEMORY=256m
   # pyspark's launcher scripts find Spark with $PYSPARK_PYTHON (else python3 from PATH).
-  export PYSPARK_PYTHON="$PY"
+  export PYSPARK_PYTHON="$PY" RAY_DISABLE_USAGE_STATS=1
   SPARK_HOME="$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
   export SPARK_HOME
+  export -p | grep -E ' (SPARK_|PYSPARK_PYTHON|RAY_DISABLE)' >"$DIR/pids/env.sh"
   local master="spark://127.0.0.1:$spark_port" ui="http://127.0.0.1:$ui_port"
   launch spark-master "$ROOT/.venv/bin/spark-class" org.apache.spark.deploy.master.Master \
     --host 127.0.0.1 --port "$spark_port" --webui-port "$ui_port"
@@ -118,7 +140,6 @@ up() {
   ray_network
   local common=(--block --node-ip-address 127.0.0.1 --num-cpus "$RAY_NODE_CPUS"
     --temp-dir "$DIR/ray" --disable-usage-stats)
-  export RAY_DISABLE_USAGE_STATS=1
   launch ray-head "${RAY_NETWORK[@]}" "$ROOT/.venv/bin/ray" start --head --port "$ray_port" \
     "${dashboard[@]}" "${common[@]}"
   sleep 5  # the worker nodes register with the head's GCS
@@ -194,18 +215,19 @@ down() {
       kill -KILL -- "-$pid" 2>/dev/null || true
       echo "stopped $name (process group $pid)"
     fi
-    rm -f "$DIR/pids/$name.pid"
+    rm -f "$DIR/pids/$name.pid" "$DIR/pids/$name.cmd"
   done
-  rm -f "$STATE"
+  rm -f "$STATE" "$DIR/pids/env.sh"
 }
 
 case "${1:-}" in
   up) shift; up "$@" ;;
   status) status ;;
   run) shift; run "$@" ;;
+  restart) shift; restart "$1" ;;
   down) down ;;
   *)
-    echo "usage: scripts/cluster.sh up [--config FILE] [--set k=v ...] | status | run COMMAND... | down" >&2
+    echo "usage: scripts/cluster.sh up [--config FILE] [--set k=v ...] | status | run COMMAND... | restart NAME | down" >&2
     exit 2
     ;;
 esac

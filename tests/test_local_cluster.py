@@ -84,6 +84,12 @@ TABLES = [
 ]
 # Columns that name a run, not its data.
 RUN_COLUMNS = {"build_id", "created_at", "scored_at"}
+# Columns holding JSON documents, compared as values (their floats rounded, see below).
+JSON_COLUMNS = {"spec_json"}
+# Spark adds an aggregate's partial sums in the order they arrive, which differs between
+# runs when they come from several executors: gold/feature_spec's dense means and standard
+# deviations then differ in the 16th digit. Floats are compared to 12 significant digits.
+FLOAT_DIGITS = 12
 
 
 def _free_port() -> int:
@@ -191,13 +197,26 @@ def test_up_refuses_when_it_is_already_up_or_a_port_is_taken(cluster: Cluster) -
     assert not _our_processes(other)
 
 
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{FLOAT_DIGITS}g}")
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def _table_digest(lake: Lake, name: str) -> tuple[int, str]:
     """Rows and a sha256 over the table's rows, sorted, without the run-naming columns."""
     table = lake.read_arrow(name)
     keep = [c for c in table.column_names if c not in RUN_COLUMNS]
-    rows = sorted(
-        json.dumps(r, sort_keys=True, default=str) for r in table.select(keep).to_pylist()
-    )
+    rows = []
+    for row in table.select(keep).to_pylist():
+        for column in JSON_COLUMNS & set(row):
+            row[column] = json.loads(row[column])
+        rows.append(json.dumps(_canonical(row), sort_keys=True, default=str))
+    rows.sort()
     return len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
@@ -274,6 +293,11 @@ def built(cluster: Cluster) -> Iterator[Built]:
             "spark.eventLog.enabled=true",
             "--conf",
             f"spark.eventLog.dir=file:{event_dir}",
+            # One plain JSON-lines file (Spark 4 rolls and zstd-compresses by default).
+            "--conf",
+            "spark.eventLog.rolling.enabled=false",
+            "--conf",
+            "spark.eventLog.compress=false",
             *job,
             *cluster_set,
         ],
@@ -339,6 +363,40 @@ def test_executors_on_both_workers_ran_tasks_and_one_was_replaced(
     removed = [e for e in built.events if e["Event"] == "SparkListenerExecutorRemoved"]
     assert removed, "the killed executor shows as removed"
     assert len(worker_of) >= 3, "worker 1 got a replacement executor"
+
+
+def test_a_driver_killed_between_write_and_commit_leaves_the_table_as_it_was(
+    built: Built, cluster: Cluster
+) -> None:
+    table = "bronze/events"
+    before = (built.cluster_lake.version(table), _table_digest(built.cluster_lake, table))
+    crashed = subprocess.run(
+        [
+            "scripts/submit.sh",
+            "--master",
+            cluster.master,
+            "tests/cluster_crash_driver.py",
+            table,
+            "--stage",
+            "bronze",
+            *built.overrides,
+            "--set",
+            f"lake.root={built.cluster_lake.root}",
+        ],
+        cwd=ROOT,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert crashed.returncode != 0
+    assert f"crash: {table}: files written to" in crashed.stdout, crashed.stdout[-3000:]
+    write_dir = crashed.stdout.split("files written to ", 1)[1].split(";", 1)[0]
+    staged = list((Path(built.cluster_lake.table_uri(table)) / write_dir).rglob("*.parquet"))
+    assert staged, "the executors wrote the files the driver never committed"
+    after = (built.cluster_lake.version(table), _table_digest(built.cluster_lake, table))
+    assert after == before
 
 
 def test_training_on_the_ray_cluster_puts_one_worker_on_each_node(
