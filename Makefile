@@ -1,5 +1,5 @@
 # Entry points. Each target installs what it needs first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean cluster-up cluster-status cluster-down
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,16 @@ lint: setup
 
 bench: setup
 	@bash scripts/bench.sh
+
+# A Spark standalone + Ray cluster on this machine's loopback (scripts/cluster.sh).
+cluster-up: setup
+	@bash scripts/cluster.sh up
+
+cluster-status:
+	@bash scripts/cluster.sh status
+
+cluster-down:
+	@bash scripts/cluster.sh down
 
 clean:
 	rm -rf lake data runs out spark-warehouse

@@ -296,7 +296,10 @@ def list_raw(raw_root: str, events_dir: str, file_glob: str, days: list[str] | N
             raise RawInputError(f"raw events directory not found: {events_path}/dt={day}")
         for entry in tree.children(day_dirs[day]):
             found = _file_or_skip(entry, day, file_glob)
-            (files if isinstance(found, RawFile) else skipped).append(found)  # type: ignore[arg-type]
+            if isinstance(found, RawFile):
+                files.append(found)
+            else:
+                skipped.append(found)
     if not files:
         reasons = sorted({s.reason.value for s in skipped})
         raise RawInputError(
@@ -320,7 +323,10 @@ def list_files(
     skipped: list[SkippedEntry] = []
     for entry in tree.children(folder):
         found = _file_or_skip(entry, None, file_glob)
-        (files if isinstance(found, RawFile) else skipped).append(found)  # type: ignore[arg-type]
+        if isinstance(found, RawFile):
+            files.append(found)
+        else:
+            skipped.append(found)
     if not files:
         raise RawInputError(f"no files matching {file_glob!r} under {path}")
     return files, skipped

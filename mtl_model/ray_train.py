@@ -318,9 +318,11 @@ def init_ray(cfg: RayConfig) -> RayCluster:
     A bare ``ray.init()`` would look at ``RAY_ADDRESS`` and Ray's current-cluster file
     (``$RAY_TMPDIR``, else ``$TMPDIR``, else ``/tmp``, then ``ray/ray_current_cluster``,
     written by ``ray start``): it silently joins whatever cluster those name, or fails on a
-    stale file. ``address="local"`` always starts a fresh local Ray. Joining passes no
-    resource arguments (Ray refuses them for an existing cluster) and first checks, within
-    ``JOIN_TIMEOUT_S``, that the cluster answers: Ray itself retries for many minutes.
+    stale file. ``address="local"`` always starts a fresh local Ray. ``"auto"`` joins what
+    Ray's own lookup finds: ``RAY_ADDRESS``, else that file, else the one GCS process
+    running on this machine. Joining passes no resource arguments (Ray refuses them for an
+    existing cluster) and first checks, within ``JOIN_TIMEOUT_S``, that the cluster
+    answers: Ray itself retries for many minutes.
     """
     if not ray.is_initialized():
         if cfg.address is None:

@@ -1,6 +1,6 @@
 """A minimal job for tests/test_spark_launch.py: what its driver JVM got, as one JSON line.
 
-    spark-submit tests/spark_probe.py --config FILE [--set k=v ...]
+spark-submit tests/spark_probe.py --config FILE [--set k=v ...]
 """
 
 from __future__ import annotations

@@ -334,9 +334,7 @@ def test_databricks_job_is_a_jobs_api_2_1_definition_of_existing_jobs() -> None:
         config = params[params.index("--config") + 1]
         load_config(PipelineConfig, ROOT / config)
     assert {"bronze", "silver", "gold", "score"} <= set(keys)
-    library_pins = [
-        lib["pypi"]["package"] for t in job["tasks"] for lib in t.get("libraries", [])
-    ]
+    library_pins = [lib["pypi"]["package"] for t in job["tasks"] for lib in t.get("libraries", [])]
     for pin in library_pins:
         package, version = pin.split("==")
         assert _constraint(package) == version, f"{pin} differs from constraints.txt"

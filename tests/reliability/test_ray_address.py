@@ -46,9 +46,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _dead_address() -> str:
-    """A loopback address nothing listens on (the port was free a moment ago)."""
-    return f"127.0.0.1:{_free_port()}"
+@pytest.fixture()
+def dead_address() -> Iterator[str]:
+    """A loopback address that refuses connections: its port is bound but never listens,
+    so no other process can take it during the test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +160,11 @@ def _train(
 
 
 def test_a_stale_current_cluster_file_does_not_stop_a_local_run(
-    lake_root: Path, ray_tmp: Path, tmp_path: Path
+    lake_root: Path, ray_tmp: Path, tmp_path: Path, dead_address: str
 ) -> None:
     stale = _current_cluster_file(ray_tmp)
     stale.parent.mkdir(parents=True)
-    stale.write_text(_dead_address())  # a cluster stopped uncleanly leaves its file behind
+    stale.write_text(dead_address)  # a cluster stopped uncleanly leaves its file behind
     run, metrics = _train(lake_root, tmp_path / "runs", ray_tmp)
     assert run.returncode == 0, run.stderr[-4000:]
     assert metrics["ray"]["joined"] is False
@@ -193,22 +197,23 @@ def test_auto_joins_the_running_head_and_names_it(
 
 @pytest.mark.parametrize("address", ["explicit", "auto"])
 def test_a_cluster_that_does_not_answer_fails_fast_with_exit_2(
-    lake_root: Path, ray_tmp: Path, tmp_path: Path, address: str
+    lake_root: Path, ray_tmp: Path, tmp_path: Path, dead_address: str, address: str
 ) -> None:
-    dead = _dead_address()
-    if address == "auto":  # "auto" finds the address in a stale current-cluster file
-        _current_cluster_file(ray_tmp).parent.mkdir(parents=True)
-        _current_cluster_file(ray_tmp).write_text(dead)
+    # "auto" takes RAY_ADDRESS first. (Without it Ray falls back to the current-cluster
+    # file, or to the only GCS process it finds running on the machine: another user's.)
+    env = {"RAY_ADDRESS": dead_address} if address == "auto" else {}
     # Without the job's own check Ray retries for many minutes: run_job fails past 120 s.
     run, metrics = _train(
         lake_root,
         tmp_path / "runs",
         ray_tmp,
         "--ray-address",
-        dead if address == "explicit" else "auto",
+        dead_address if address == "explicit" else "auto",
         timeout=120,
+        **env,
     )
     assert run.returncode == 2, run.stderr[-4000:]
     lines = run.stderr.strip().splitlines()
-    assert lines[-1].startswith("train: ray.address") and dead.split(":")[1] in lines[-1]
+    assert lines[-1].startswith("train: ray.address"), lines[-1]
+    assert dead_address.split(":")[1] in lines[-1], lines[-1]
     assert metrics == {}
