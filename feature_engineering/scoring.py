@@ -534,12 +534,15 @@ def scoring_features(
         else None
     )
     users = pairs.select("user_id").distinct()
-    recent = history.where(F.col("dt").isin(days_before(plan.day, score.candidates.history_days)))
+    # User-side aggregates read only the scored users' events: a --users list of 100 users
+    # must not pay for every user of the history window.
+    theirs = history.join(users, "user_id", "left_semi")
+    recent = theirs.where(F.col("dt").isin(days_before(plan.day, score.candidates.history_days)))
     slots = user_context(users, recent, score.context, plan.context, plan.day)
     silver_users = lake.read_table(spark, USERS_TABLE)
     return pair_features(
         pairs,
-        user_rows(users, history, silver_users, slots, vocabulary, plan.day, gold),
+        user_rows(users, theirs, silver_users, slots, vocabulary, plan.day, gold),
         item_rows(lake.read_table(spark, ITEMS_TABLE), history, text, vocabulary, plan.day, gold),
         gold,
         embedding_columns(gold.text) if text is not None else [],

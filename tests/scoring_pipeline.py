@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from mtl_model.artifact import artifact_from_model, save_artifact
 from mtl_model.config import ModelConfig, TrainConfig
 from mtl_model.features import Batch
 from mtl_model.loop import evaluate, fit
+from mtl_model.metrics import strict_json
 from mtl_model.ray_train import EXAMPLES_TABLE, RunConfigBundle
 from mtl_model.run_config import TrainRunConfig
 from mtl_model.streaming import BatchColumns, StreamBatch, to_tensors
@@ -193,7 +193,7 @@ def _train_run(
         run_dir / "model.pt",
     )
     (run_dir / "metrics.json").write_text(
-        json.dumps(
+        strict_json(
             {
                 "final": metrics,
                 "best_epoch": result.best_epoch,
