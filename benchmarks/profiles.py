@@ -55,7 +55,12 @@ class BenchProfile(StrictModel):
     student_tower_hidden: list[int] = Field(default_factory=lambda: [8])
     student_embedding_dim: int = Field(4, gt=0)
     # part 5
-    scoring_users: int = Field(200, gt=0, description="Users scored against every item.")
+    scoring_users: list[int] = Field(
+        default_factory=lambda: [100],
+        min_length=1,
+        description="Part 5: users scored per row, each x score.candidates.per_user pairs "
+        "(a small size shows fixed costs; >= 10,000 users = >= 1M pairs the cost per pair).",
+    )
 
     @field_validator("feature_lines")
     @classmethod
@@ -74,7 +79,7 @@ PROFILES: dict[str, BenchProfile] = {
         train_epochs=2,
         quality_epochs=2,
         transfer_target_rows=10_000,
-        scoring_users=100,
+        scoring_users=[100],
     ),
     "full": BenchProfile(
         name="full",
@@ -84,6 +89,6 @@ PROFILES: dict[str, BenchProfile] = {
         train_epochs=3,
         quality_epochs=4,
         transfer_target_rows=50_000,
-        scoring_users=2_000,
+        scoring_users=[100, 10_000],
     ),
 }

@@ -4,7 +4,9 @@
         [--run runs/single-task-baseline] [--out DIR] [--truth DIR]
 
 For every run (``--run``, repeatable): per-task test AUC, GAUC, logloss and
-calibration (mean prediction / mean label) exactly as its metrics.json records them;
+calibration (mean prediction / mean label) exactly as its metrics.json records them, each
+AUC/GAUC with the evidence behind it (positives and rows of the split, the bootstrap 95 %
+interval metrics.json records, and a warning below ``MIN_POSITIVES`` positives);
 the comparison with a single-task baseline (a run whose config.json says
 ``single_task``); the oracle's AUC from the generator's ground truth when it exists
 (``--truth``, default ``generator.truth_root``) and each AUC's share of the oracle's
@@ -13,20 +15,21 @@ of the recommendations scored for each test day (``jobs/score_users.py --date DA
 Recall@K and NDCG@K of that day's purchases, catalogue coverage, popularity bias.
 
 Writes into ``--out`` (default ``<first run>/report/``): report.html, summary.md,
-report.json, curves.png, calibration_<run>.png. The last line printed names them.
+report.json (strict JSON: an undefined figure is null), curves.png, calibration_<run>.png.
+The last line printed names them.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jobs.config import PipelineConfig, load_pipeline_config
+from mtl_model.metrics import MIN_POSITIVES, strict_json
 from mtl_model.offline_eval import (
     OracleMetrics,
     RunSummary,
@@ -42,6 +45,10 @@ from mtlrec.lake import Lake
 
 BINARY_METRICS = ("auc", "gauc", "logloss", "calibration")
 REGRESSION_METRICS = ("rmse", "calibration")
+BINARY_HEADER = [
+    "task", "AUC", "AUC 95% CI", "GAUC", "GAUC 95% CI", "positives", "rows", "logloss",
+    "calibration", "AUC - baseline", "oracle AUC", "share of oracle lift",
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +81,32 @@ def fmt(value: float | None) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return f"{value:.4f}"
+
+
+def interval(values: dict[str, float], metric: str) -> str:
+    """``[low, high]`` of the bootstrap interval metrics.json records, or '–'."""
+    low, high = values.get(f"{metric}_ci_low"), values.get(f"{metric}_ci_high")
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "–"
+    return f"[{low:.4f}, {high:.4f}]"
+
+
+def count(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else str(int(value))
+
+
+def evidence_warnings(run: RunSummary) -> list[str]:
+    """One line per binary task whose test split has fewer than ``MIN_POSITIVES`` positives."""
+    out = []
+    metrics = run.task_metrics("test")
+    for task in run.spec.tasks:
+        positives = metrics[task.name].get("positives")
+        if task.type == "binary" and positives is not None and positives < MIN_POSITIVES:
+            out.append(
+                f"{run.name}: {task.name} has only {int(positives)} positives in the test split "
+                f"(< {MIN_POSITIVES}): its AUC and GAUC are thin evidence, see the intervals"
+            )
+    return out
 
 
 @dataclass
@@ -120,6 +153,7 @@ def build_report(cfg: PipelineConfig, run_dirs: list[Path], out: Path, truth: Pa
             "best_epoch": run.best_epoch,
             "test": run.task_metrics("test"),
             "oracle": oracle.__dict__ if oracle is not None else None,
+            "warnings": evidence_warnings(run),
         }
         tables += _metric_tables(run, baseline, oracle)
 
@@ -153,9 +187,10 @@ def build_report(cfg: PipelineConfig, run_dirs: list[Path], out: Path, truth: Pa
         for d in r.spec.test_days
         if not any(q["run"] == r.name and q["day"] == d for q in recs)
     ]
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
-    _write_markdown(out, tables, rec_table, missing_recs, oracles, truth)
-    return _write_html(out, tables, rec_table, missing_recs, plots)
+    warnings = [w for r in runs for w in evidence_warnings(r)]
+    (out / "report.json").write_text(strict_json(report, indent=2, sort_keys=True, default=str))
+    _write_markdown(out, tables, rec_table, missing_recs, oracles, truth, warnings)
+    return _write_html(out, tables, rec_table, missing_recs, plots, warnings)
 
 
 def _metric_tables(
@@ -172,7 +207,10 @@ def _metric_tables(
             auc = values.get("auc", math.nan)
             oracle_auc = oracle_tasks.get(task.name, {}).get("auc", math.nan)
             binary.append(
-                [task.name, *[fmt(values.get(m)) for m in BINARY_METRICS],
+                [task.name, fmt(auc), interval(values, "auc"), fmt(values.get("gauc")),
+                 interval(values, "gauc"), count(values.get("positives")),
+                 count(values.get("count")), fmt(values.get("logloss")),
+                 fmt(values.get("calibration")),
                  fmt(auc - base.get(task.name, {}).get("auc", math.nan)),
                  fmt(oracle_auc), fmt(lift_share(auc, oracle_auc))]
             )  # fmt: skip
@@ -182,14 +220,7 @@ def _metric_tables(
                  fmt(oracle_tasks.get(task.name, {}).get("rmse"))]
             )  # fmt: skip
     title = f"{run.name} ({run.architecture}, model_version {run.model_version}), test split"
-    tables = [
-        Table(
-            title,
-            ["task", "AUC", "GAUC", "logloss", "calibration", "AUC - baseline", "oracle AUC",
-             "share of oracle lift"],
-            binary,
-        )
-    ]  # fmt: skip
+    tables = [Table(title, BINARY_HEADER, binary)]
     if regression:
         tables.append(
             Table(
@@ -258,8 +289,10 @@ def _write_markdown(
     missing_recs: list[str],
     oracles: dict[str, OracleMetrics],
     truth: Path,
+    warnings: list[str],
 ) -> None:
     parts = ["# Offline evaluation", ""]
+    parts += [f"> **Warning**: {w}" for w in warnings] + ([""] if warnings else [])
     if not oracles:
         parts += [f"No ground truth under {truth}: the oracle columns are empty.", ""]
     for name, oracle in oracles.items():
@@ -274,13 +307,20 @@ def _write_markdown(
 
 
 def _write_html(
-    out: Path, tables: list[Table], rec_table: Table, missing_recs: list[str], plots: list[str]
+    out: Path,
+    tables: list[Table],
+    rec_table: Table,
+    missing_recs: list[str],
+    plots: list[str],
+    warnings: list[str],
 ) -> Path:
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
     )
-    body = ["<h1>Offline evaluation</h1>", *[t.html() for t in tables], rec_table.html()]
+    body = ["<h1>Offline evaluation</h1>"]
+    body += [f'<p class="warning"><b>Warning</b>: {html.escape(w)}</p>' for w in warnings]
+    body += [*[t.html() for t in tables], rec_table.html()]
     if missing_recs:
         body.append("<p>No recommendations yet for: " + html.escape("; ".join(missing_recs)))
     body += [f'<h3>{html.escape(p)}</h3><img src="{html.escape(p)}">' for p in plots]

@@ -13,6 +13,13 @@ Every metric is computed from state that merges exactly across data shards:
   skipped. The reference is ``sum_g n_g * roc_auc_score(y_g, p_g) / sum_g n_g``.
 - log loss, calibration (mean prediction / mean label) and RMSE from sums that
   add up across shards (float64).
+- The evidence behind each AUC/GAUC: the rows and positives it was computed on, and a
+  bootstrap 95 % interval. The bootstrap is the Poisson bootstrap (every row drawn
+  Poisson(1) times) applied to the score-count table: an entry with ``p`` positives gets
+  Poisson(``p``) of them, exactly as if each row had been redrawn, so it costs one pass
+  over the table per replicate, not over the rows.
+- Undefined values (one class only, no positive label for calibration) are NaN;
+  ``strict_json`` writes them as ``null`` so every metrics file is strict JSON.
 
 Across workers, ``MetricAccumulator.synced(process_group)`` all-gathers the
 tables and all-reduces the sums with ``torch.distributed`` (gloo on CPU), and
@@ -21,7 +28,10 @@ every rank ends with the same, exact result.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +43,25 @@ from mtlrec.feature_spec import FeatureSpec
 
 LOGLOSS_EPS = float(np.finfo(np.float64).eps)  # as scikit-learn clips float64 predictions
 _COMPACT_ROWS = 1 << 20
+BOOTSTRAP_REPLICATES = 100
+BOOTSTRAP_SEED = 15
+MIN_POSITIVES = 30  # fewer positives than this: the report warns that the AUC is thin evidence
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that never writes NaN or Infinity (``JSON.parse`` rejects them):
+    non-finite floats become null."""
+
+    def clean(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {k: clean(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [clean(v) for v in item]
+        return item
+
+    return json.dumps(clean(value), allow_nan=False, **kwargs)
 
 
 @dataclass
@@ -111,6 +140,30 @@ class ScoreTable:
         weights = (pos + neg)[valid].astype(np.float64)
         return float((auc[valid] * weights).sum() / weights.sum())
 
+    def resampled(self, rng: np.random.Generator) -> ScoreTable:
+        """One Poisson-bootstrap replicate (entries whose counts drop to 0 stay, harmless)."""
+        return ScoreTable(self.groups, self.scores, rng.poisson(self.pos), rng.poisson(self.neg))
+
+    def intervals(self, with_gauc: bool) -> dict[str, float]:
+        """Bootstrap 95 % intervals of AUC (and GAUC): ``<metric>_ci_low/high``."""
+        rng = np.random.default_rng(BOOTSTRAP_SEED)
+        overall = self.compacted(ignore_groups=True)
+        draws: dict[str, list[float]] = {"auc": [], "gauc": []}
+        for _ in range(BOOTSTRAP_REPLICATES):
+            # ``overall`` is compacted already: one group, sorted by score, no re-sort.
+            auc, _, _ = overall.resampled(rng).group_aucs()
+            draws["auc"].append(float(auc[0]) if len(auc) else math.nan)
+            if with_gauc:
+                draws["gauc"].append(self.resampled(rng).gauc())
+        out = {}
+        for metric, values in draws.items():
+            finite = np.array([v for v in values if math.isfinite(v)])
+            if metric == "gauc" and not with_gauc:
+                continue
+            low, high = np.quantile(finite, [0.025, 0.975]) if len(finite) else (math.nan, math.nan)
+            out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = float(low), float(high)
+        return out
+
 
 def group_keys(values: Tensor | np.ndarray) -> np.ndarray:
     """int64 group keys: integer ids as they are, anything else (strings) by a stable hash."""
@@ -171,13 +224,16 @@ class TaskState:
                 "count": float(count),
                 "mean_prediction": float(sum_pred / count),
                 "mean_label": float(sum_label / count),
-                "calibration": float(sum_pred / sum_label),
+                # Undefined, not infinite, when no label is positive (strict JSON: null).
+                "calibration": float(sum_pred / sum_label) if sum_label else math.nan,
             }
             if self.kind == "binary":
                 out["logloss"] = float(err / count)
+                out["positives"] = float(self.table.pos.sum())
                 out["auc"] = self.table.auc()
                 if with_gauc:
                     out["gauc"] = self.table.gauc()
+                out.update(self.table.intervals(with_gauc))
             else:
                 out["rmse"] = float(np.sqrt(err / count))
         return out

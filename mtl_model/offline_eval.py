@@ -87,7 +87,8 @@ class RunSummary:
             name=directory.name,
             directory=directory,
             architecture=str(config["model"]["architecture"]),
-            final={k: float(v) for k, v in metrics["final"].items()},
+            # null (strict JSON's undefined) reads back as NaN.
+            final={k: math.nan if v is None else float(v) for k, v in metrics["final"].items()},
             best_epoch=int(metrics["best_epoch"]),
             history=metrics["history"],
             table_versions={k: int(v) for k, v in metrics.get("table_versions", {}).items()},

@@ -43,6 +43,7 @@ from mtl_model.checkpoint import STATE_FILE, TrainState
 from mtl_model.config import ModelConfig, TrainConfig
 from mtl_model.features import Batch
 from mtl_model.loop import EpochBatches, evaluate, fit
+from mtl_model.metrics import strict_json
 from mtl_model.run_config import TrainRunConfig
 from mtl_model.shards import list_row_groups
 from mtl_model.streaming import (
@@ -470,7 +471,7 @@ def write_run_metrics(
 ) -> None:
     """metrics.json: the final metrics, the history, and exactly what the run read."""
     (run_dir / "metrics.json").write_text(
-        json.dumps(
+        strict_json(
             {
                 "final": final,
                 "best_epoch": state.best_epoch,

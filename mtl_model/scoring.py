@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
 from mtl_model.architectures import MultiTaskModel
-from mtl_model.artifact import ModelArtifact, load_artifact
+from mtl_model.artifact import artifact_from_bytes
 from mtl_model.streaming import BatchColumns, to_tensors
 from mtlrec.feature_spec import FeatureSpec
 
@@ -35,14 +33,6 @@ _MODELS: dict[str, MultiTaskModel] = {}
 def model_version_of(payload: bytes) -> str:
     """The default model version: the first 12 hex digits of the artifact's sha256."""
     return hashlib.sha256(payload).hexdigest()[:12]
-
-
-def artifact_from_bytes(payload: bytes) -> ModelArtifact:
-    """``load_artifact`` on bytes (it reads a file, with ``weights_only=True``)."""
-    with tempfile.TemporaryDirectory(prefix="mtlrec-model-") as directory:
-        path = Path(directory) / "model.pt"
-        path.write_bytes(payload)
-        return load_artifact(path)
 
 
 def feature_columns(spec: FeatureSpec) -> BatchColumns:

@@ -71,8 +71,13 @@ class CandidateConfig(StrictModel):
 class SlotContext(StrictModel):
     """The context the recommendations are shown in, fed to the model for every pair.
 
-    Null means unknown: the feature maps to the out-of-vocabulary index. Scoring every
-    candidate at the same position removes position bias from the ranking.
+    Every value is one training contained (``feature_engineering.scoring``): a configured
+    page, device, position or hour that never occurs in the training vocabulary stops the
+    job (exit 2). The weekday is the scoring day's. What batch scoring cannot know is
+    taken from the user's own logged context: ``device`` / ``hour_utc`` null means the
+    user's most frequent device / UTC hour over the history window (else training's most
+    frequent). Scoring every candidate at the same position removes position bias from
+    the ranking.
     """
 
     page: str | None = "home"

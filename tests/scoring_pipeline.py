@@ -35,6 +35,7 @@ from mtl_model.run_config import TrainRunConfig
 from mtl_model.streaming import BatchColumns, StreamBatch, to_tensors
 from mtlrec.config import RayConfig, load_config
 from mtlrec.feature_spec import FeatureSpec
+from mtlrec.gold_build import read_build
 from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 from mtlrec.tables import GOLD_EXAMPLES
@@ -187,8 +188,11 @@ def _train_run(
     )
     metrics = {**state.best_record(), **{f"test/{k}": v for k, v in test.items()}}
     run_dir.mkdir(parents=True, exist_ok=True)
+    build = read_build(lake)
+    assert build is not None
     save_artifact(
-        artifact_from_model(model, spec, model_cfg, metrics, train_cfg), run_dir / "model.pt"
+        artifact_from_model(model, spec, model_cfg, metrics, train_cfg, gold_build=build.ref),
+        run_dir / "model.pt",
     )
     write_run_metrics(run_dir, state, metrics, snapshot, cluster=None)
     bundle = RunConfigBundle(model_cfg, train_cfg, TrainRunConfig(), RayConfig())

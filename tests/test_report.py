@@ -16,8 +16,9 @@ from pyspark.sql import SparkSession
 from scoring_pipeline import Pipeline, pipeline, run_job, score_test_day
 from sklearn.metrics import roc_auc_score
 
-from jobs.report import BINARY_METRICS, REGRESSION_METRICS, fmt
+from jobs.report import BINARY_METRICS, REGRESSION_METRICS, fmt, interval
 from jobs.report import main as report_main
+from mtl_model.metrics import MIN_POSITIVES, TaskState, strict_json
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -68,11 +69,20 @@ def test_report_numbers_equal_the_runs_metrics_json(built: Pipeline, report: Rep
             stated = entry["test"][task.name]
             prefix = f"test/{task.name}/"
             assert stated == {k[len(prefix) :]: v for k, v in final.items() if k.startswith(prefix)}
-            names = BINARY_METRICS if task.type == "binary" else REGRESSION_METRICS
-            cells = [fmt(final[f"{prefix}{m}"]) for m in names]
             if task.type == "binary":
+                # Each AUC/GAUC with its evidence: interval, positives and rows.
+                value = {m: final[f"{prefix}{m}"] for m in BINARY_METRICS}
                 delta = final[f"{prefix}auc"] - baseline[f"{prefix}auc"]
-                cells.append(fmt(delta) if run == "mmoe" else "–")
+                cells = [
+                    fmt(value["auc"]), interval(stated, "auc"),
+                    fmt(value["gauc"]), interval(stated, "gauc"),
+                    str(int(stated["positives"])), str(int(stated["count"])),
+                    fmt(value["logloss"]), fmt(value["calibration"]),
+                    fmt(delta) if run == "mmoe" else "–",
+                ]  # fmt: skip
+                assert stated["auc_ci_low"] <= stated["auc"] <= stated["auc_ci_high"]
+            else:
+                cells = [fmt(final[f"{prefix}{m}"]) for m in REGRESSION_METRICS]
             row = "| " + " | ".join([task.name, *cells]) + " |"
             assert row in report.markdown, row
             for cell in cells:
@@ -137,3 +147,48 @@ def test_recommendation_quality_matches_a_direct_computation(
     assert quality["catalogue_coverage"] == pytest.approx(recs["item_id"].nunique() / catalogue)
     assert 0.0 <= quality["mean_popularity_percentile"] <= 1.0
     assert quality["users_scored"] == recs["user_id"].nunique()
+
+
+def _strict(text: str) -> Any:
+    """``json.loads`` that rejects NaN / Infinity, as ``JSON.parse`` does."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_report_and_metrics_files_are_strict_json(built: Pipeline, report: Report) -> None:
+    _strict((report.out / "report.json").read_text())
+    for run in ("mmoe", "single_task"):
+        _strict((built.runs[run] / "metrics.json").read_text())
+
+
+def test_tasks_with_few_positives_carry_a_warning(built: Pipeline, report: Report) -> None:
+    for run in ("mmoe", "single_task"):
+        final = _metrics(built, run)["final"]
+        warned = report.numbers["runs"][run]["warnings"]
+        for task in built.spec.tasks:
+            if task.type != "binary":
+                continue
+            positives = int(final[f"test/{task.name}/positives"])
+            thin = positives < MIN_POSITIVES
+            assert any(f": {task.name} has only" in w for w in warned) == thin, (task, positives)
+            line = f"> **Warning**: {run}: {task.name} has only {positives} positives"
+            assert (line in report.markdown) == thin
+
+
+def test_undefined_metrics_are_null_and_intervals_cover_the_estimate() -> None:
+    rng = np.random.default_rng(4)
+    state = TaskState("regression")
+    state.update(rng.random(50), np.zeros(50), np.zeros(50, np.int64))
+    # An all-zero regression label: calibration is undefined, written as null, never Infinity.
+    assert _strict(strict_json(state.compute(False)))["calibration"] is None
+    binary = TaskState("binary")
+    score = rng.random(4000)
+    binary.update(score, (rng.random(4000) < score * 0.2).astype(float), rng.integers(0, 50, 4000))
+    out = binary.compute(True)
+    assert out["positives"] == pytest.approx(out["mean_label"] * out["count"])
+    for metric in ("auc", "gauc"):
+        assert out[f"{metric}_ci_low"] < out[metric] < out[f"{metric}_ci_high"]
+        assert out[f"{metric}_ci_high"] - out[f"{metric}_ci_low"] < 0.2
