@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import ray
 import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
 from ray._private import services  # Ray's own address lookup (pinned 2.55.1)
@@ -184,7 +185,8 @@ class _Shards:
 
 
 def _min_across_ranks(value: int) -> int:
-    tensor = torch.tensor([value], dtype=torch.int64)
+    # The tensor lives on this rank's device: NCCL (GPU workers) reduces only CUDA tensors.
+    tensor = torch.tensor([value], dtype=torch.int64, device=ray.train.torch.get_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return int(tensor.item())
 
