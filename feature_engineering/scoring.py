@@ -88,7 +88,7 @@ from mtlrec.gold_build import (
     GoldBuild,
     resolve_build,
 )
-from mtlrec.lake import Lake, validate_table_name
+from mtlrec.lake import Lake, LakeError, validate_table_name
 from mtlrec.log import get_logger
 
 EVENTS_TABLE = "silver/events"
@@ -289,7 +289,7 @@ def plan_scoring(
     """Everything checkable before Spark starts; raises ``ScoringInputError``."""
     try:
         table = validate_table_name(score.table)
-    except ValueError as exc:
+    except LakeError as exc:
         raise ScoringInputError(f"score.table: {exc}") from None
     scoring_date = scoring_day(lake, day)
     payload = read_model_bytes(model, lake)

@@ -19,6 +19,7 @@ import copy
 import io
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -124,7 +125,12 @@ def read_artifact(handle: BinaryIO, name: str) -> ModelArtifact:
     and containers is refused, never executed)."""
     try:
         payload = torch.load(handle, map_location="cpu", weights_only=True)
-    except Exception as exc:  # whatever the bytes are (garbage, a pickle, empty), not a model
+    except pickle.UnpicklingError:
+        raise ArtifactError(
+            f"{name} is not a model artifact: not a weights-only torch file (garbage bytes, or "
+            f"Python objects other than tensors, which are never loaded)"
+        ) from None
+    except Exception as exc:  # whatever else the bytes are (garbage, empty), not a model
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
         raise ArtifactError(
             f"{name} is not a model artifact ({type(exc).__name__}: {detail[:200]})"
