@@ -11,8 +11,6 @@ gets exactly ``per_user`` candidates whenever the catalogue holds that many item
 
 from __future__ import annotations
 
-import datetime as dt
-
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -25,12 +23,6 @@ RECENT, CATEGORY, POPULAR = 1, 2, 3
 
 class CandidateError(InputError, ValueError):
     """The catalogue cannot provide the configured number of candidates."""
-
-
-def days_before(day: str, count: int) -> list[str]:
-    """The ``count`` days strictly before ``day`` (YYYY-MM-DD), oldest first."""
-    end = dt.date.fromisoformat(day)
-    return [(end - dt.timedelta(days=i)).isoformat() for i in range(count, 0, -1)]
 
 
 def _by_popularity() -> list[Column]:

@@ -48,7 +48,6 @@ from pyspark.sql import types as T
 
 from feature_engineering.candidates import (
     candidates,
-    days_before,
     eligible_items,
     popular_items,
 )
@@ -64,6 +63,7 @@ from feature_engineering.point_in_time import (
     AFFINITY_DIMENSIONS,
     affinity_share,
     day_number,
+    days_before,
     item_defaults,
     item_features,
     user_affinities,
@@ -82,18 +82,17 @@ from mtl_model.scoring import (
 from mtl_model.scoring_config import FinalScoreConfig, ScoringConfig, SlotContext
 from mtlrec.errors import CheckError, InputError
 from mtlrec.feature_spec import FeatureSpec
-from mtlrec.gold_build import (
-    TEXT_TABLE,
-    VOCABULARY_TABLE,
-    GoldBuild,
-    resolve_build,
-)
+from mtlrec.gold_build import GoldBuild, resolve_build
 from mtlrec.lake import Lake, LakeError, validate_table_name
 from mtlrec.log import get_logger
+from mtlrec.tables import (
+    GOLD_ITEM_TEXT_EMBEDDINGS,
+    GOLD_VOCABULARY,
+    SILVER_EVENTS,
+    SILVER_ITEMS,
+    SILVER_USERS,
+)
 
-EVENTS_TABLE = "silver/events"
-ITEMS_TABLE = "silver/items"
-USERS_TABLE = "silver/users"
 PARTITION_COLUMNS = ["scored_dt", "model_version"]
 # Context features and the raw column each indexes (all are user-level while scoring).
 CONTEXT_FEATURES = {
@@ -189,19 +188,19 @@ def scoring_day(lake: Lake, requested: str | None) -> str:
     Features and candidates come from the days before the scoring day, so it must lie
     after the first day of events and at most one day after the last.
     """
-    if not lake.exists(EVENTS_TABLE):
+    if not lake.exists(SILVER_EVENTS):
         raise ScoringInputError(
-            f"{EVENTS_TABLE} does not exist under {lake.root}: run jobs/build_features.py first"
+            f"{SILVER_EVENTS} does not exist under {lake.root}: run jobs/build_features.py first"
         )
-    days = sorted(str(p["dt"]) for p in lake.snapshot_partitions(EVENTS_TABLE) if p.get("dt"))
+    days = sorted(str(p["dt"]) for p in lake.snapshot_partitions(SILVER_EVENTS) if p.get("dt"))
     if not days:
-        raise ScoringInputError(f"{EVENTS_TABLE} holds no days under {lake.root}")
+        raise ScoringInputError(f"{SILVER_EVENTS} holds no days under {lake.root}")
     last = (dt.date.fromisoformat(days[-1]) + dt.timedelta(days=1)).isoformat()
     if requested is None:
         return last
     if not days[0] < requested <= last:
         raise ScoringInputError(
-            f"--date {requested}: scoring needs events before the day; {EVENTS_TABLE} "
+            f"--date {requested}: scoring needs events before the day; {SILVER_EVENTS} "
             f"holds {days[0]}..{days[-1]}, so give a day in {days[0]}..{last} (exclusive of "
             f"the first)"
         )
@@ -217,11 +216,11 @@ def check_final_score(spec: FeatureSpec, cfg: FinalScoreConfig, lake: Lake) -> N
             f"score.final_score names tasks {unknown}; the model's tasks are {names}"
         )
     if cfg.formula == "expected_value" and cfg.price_exponent > 0:
-        prices = lake.read_arrow(ITEMS_TABLE, columns=["price"]).column("price")
+        prices = lake.read_arrow(SILVER_ITEMS, columns=["price"]).column("price")
         if not pc.any(pc.greater(pc.fill_null(prices, 0.0), 0.0)).as_py():
             raise ScoringInputError(
                 f"score.final_score.formula=expected_value multiplies by price, but "
-                f"{ITEMS_TABLE} has no positive price: set score.final_score.formula=task "
+                f"{SILVER_ITEMS} has no positive price: set score.final_score.formula=task "
                 f"(or score.final_score.price_exponent=0)"
             )
 
@@ -230,7 +229,7 @@ def context_values(lake: Lake, build: GoldBuild) -> ContextValues:
     """The build's vocabulary rows of the context features (a few hundred rows)."""
     version = build.ref.vocabulary_version
     counts: dict[str, dict[str, int]] = {f: {} for f in CONTEXT_FEATURES}
-    for uri in lake.snapshot_files(VOCABULARY_TABLE, version=version):
+    for uri in lake.snapshot_files(GOLD_VOCABULARY, version=version):
         filesystem, path = lake.storage.filesystem_for(uri)
         for batch in pq.ParquetFile(path, filesystem=filesystem).iter_batches(
             columns=["feature", "value", "count"]
@@ -316,7 +315,7 @@ def users_to_score(
     """One ``user_id`` per row: the ``users_file`` list, or the users active before ``day``."""
     if users_file is None:
         events = lake.read_table(
-            spark, EVENTS_TABLE, filters=[("dt", "in", days_before(day, active_days))]
+            spark, SILVER_EVENTS, filters=[("dt", "in", days_before(day, active_days))]
         )
         return events.select("user_id").where(F.col("user_id").isNotNull()).distinct()
     if "://" not in users_file and not Path(users_file).is_file():
@@ -507,7 +506,7 @@ def history_events(
     look-back), only the columns they use: read once, persisted by the caller."""
     window = max(score.candidates.history_days, gold.lookback_days)
     return lake.read_table(
-        spark, EVENTS_TABLE, filters=[("dt", "in", days_before(day, window))]
+        spark, SILVER_EVENTS, filters=[("dt", "in", days_before(day, window))]
     ).select(
         "user_id", "item_id", "event_type", "event_ts", "dt", "item_price", "device",
         *sorted({*AFFINITY_DIMENSIONS, *TOP_DIMENSIONS}),
@@ -527,10 +526,11 @@ def scoring_features(
     ``pairs`` as of the scoring day, in each user's slot context; ``history`` from
     ``history_events``. The build's vocabulary and text embeddings, at its versions."""
     versions = plan.build.versions
-    vocabulary = lake.read_table(spark, VOCABULARY_TABLE, version=versions[VOCABULARY_TABLE])
+    vocabulary = lake.read_table(spark, GOLD_VOCABULARY, version=versions[GOLD_VOCABULARY])
+    text_version = versions.get(GOLD_ITEM_TEXT_EMBEDDINGS)
     text = (
-        lake.read_table(spark, TEXT_TABLE, version=versions[TEXT_TABLE])
-        if plan.build.ref.text_fingerprint is not None and versions.get(TEXT_TABLE) is not None
+        lake.read_table(spark, GOLD_ITEM_TEXT_EMBEDDINGS, version=text_version)
+        if plan.build.ref.text_fingerprint is not None and text_version is not None
         else None
     )
     users = pairs.select("user_id").distinct()
@@ -539,11 +539,11 @@ def scoring_features(
     theirs = history.join(users, "user_id", "left_semi")
     recent = theirs.where(F.col("dt").isin(days_before(plan.day, score.candidates.history_days)))
     slots = user_context(users, recent, score.context, plan.context, plan.day)
-    silver_users = lake.read_table(spark, USERS_TABLE)
+    silver_users = lake.read_table(spark, SILVER_USERS)
     return pair_features(
         pairs,
         user_rows(users, theirs, silver_users, slots, vocabulary, plan.day, gold),
-        item_rows(lake.read_table(spark, ITEMS_TABLE), history, text, vocabulary, plan.day, gold),
+        item_rows(lake.read_table(spark, SILVER_ITEMS), history, text, vocabulary, plan.day, gold),
         gold,
         embedding_columns(gold.text) if text is not None else [],
     )
@@ -589,7 +589,7 @@ def recommend(
     ``users`` from ``users_to_score``, ``history`` from ``history_events``.
     """
     recent = history.where(F.col("dt").isin(days_before(plan.day, score.candidates.history_days)))
-    ranked_items = eligible_items(lake.read_table(spark, ITEMS_TABLE), recent, plan.day,
+    ranked_items = eligible_items(lake.read_table(spark, SILVER_ITEMS), recent, plan.day,
                                   score.candidates)  # fmt: skip
     popular = popular_items(ranked_items, score.candidates)
     pairs = candidates(users, recent, ranked_items, popular, score.candidates)

@@ -27,6 +27,7 @@ from jobs.config import PipelineConfig, job_config
 from mtlrec import private_network
 from mtlrec.config import add_config_arguments
 from mtlrec.errors import InputError, run_job
+from mtlrec.gold_build import build_ref
 from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
@@ -181,6 +182,7 @@ def _train(argv: list[str] | None, may_reexec: bool) -> None:
     # build, an empty split, too few row groups: one line (exit 2) before Ray starts.
     lake = Lake.from_config(cfg.lake)
     snapshot = GoldSnapshot.resolve(lake)
+    gold_build = build_ref(lake, snapshot)  # what the artifact records, for scoring's check
     inputs = resolve_inputs(lake, snapshot, cfg.run)
     train_rows_for(inputs, ray_cfg.num_workers)
     cluster = init_ray(ray_cfg)
@@ -197,7 +199,7 @@ def _train(argv: list[str] | None, may_reexec: bool) -> None:
     if result.error is not None:
         raise result.error
     assert result.checkpoint is not None
-    outcome = finalize_run(run_dir, result.checkpoint, bundle, snapshot, cluster)
+    outcome = finalize_run(run_dir, result.checkpoint, bundle, snapshot, gold_build, cluster)
     write_curves(run_dir, outcome.history)
     if cfg.run.mlflow_tracking_uri:
         log_to_mlflow(cfg.run.mlflow_tracking_uri, run_name, cfg, outcome.history)

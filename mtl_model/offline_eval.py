@@ -34,10 +34,8 @@ from mtl_model.scoring import feature_columns, predict_frame
 from mtlrec.errors import InputError
 from mtlrec.feature_spec import FeatureSpec
 from mtlrec.lake import Lake
+from mtlrec.tables import GOLD_EXAMPLES, SILVER_EVENTS, SILVER_ITEMS
 
-EXAMPLES_TABLE = "gold/examples"
-EVENTS_TABLE = "silver/events"
-ITEMS_TABLE = "silver/items"
 BASELINE_ARCHITECTURE = "single_task"
 ENGAGEMENT_TYPES = ("click", "add_to_cart", "purchase")
 
@@ -122,13 +120,13 @@ class OracleMetrics:
 
 
 def _examples_version(run: RunSummary) -> int | None:
-    return run.table_versions.get(EXAMPLES_TABLE)
+    return run.table_versions.get(GOLD_EXAMPLES)
 
 
 def held_out_examples(lake: Lake, run: RunSummary, columns: Sequence[str]) -> pd.DataFrame:
     """The run's test split (at the gold/examples version it trained on)."""
     return lake.read_arrow(
-        EXAMPLES_TABLE,
+        GOLD_EXAMPLES,
         version=_examples_version(run),
         filters=[("split", "=", "test")],
         columns=list(columns),
@@ -256,7 +254,7 @@ def recommendation_quality(
     ranked = recs.groupby("user_id")["item_id"].apply(list).to_dict()
 
     purchases = lake.read_arrow(
-        EVENTS_TABLE, filters=[("dt", "=", day)], columns=["user_id", "item_id", "event_type"]
+        SILVER_EVENTS, filters=[("dt", "=", day)], columns=["user_id", "item_id", "event_type"]
     ).to_pandas()
     purchases = purchases[purchases["event_type"] == "purchase"]
     purchased = purchases.groupby("user_id")["item_id"].apply(set).to_dict()
@@ -290,12 +288,12 @@ def recommendation_quality(
 
 def item_popularity(lake: Lake, day: str) -> pd.Series:
     """Engagement events (click, cart, purchase) per catalogue item before ``day``."""
-    items = lake.read_arrow(ITEMS_TABLE, columns=["item_id"]).to_pandas()["item_id"]
+    items = lake.read_arrow(SILVER_ITEMS, columns=["item_id"]).to_pandas()["item_id"]
     days = sorted(
-        str(p["dt"]) for p in lake.snapshot_partitions(EVENTS_TABLE) if str(p["dt"]) < day
+        str(p["dt"]) for p in lake.snapshot_partitions(SILVER_EVENTS) if str(p["dt"]) < day
     )
     events = lake.read_arrow(
-        EVENTS_TABLE, filters=[("dt", "in", days)], columns=["item_id", "event_type"]
+        SILVER_EVENTS, filters=[("dt", "in", days)], columns=["item_id", "event_type"]
     ).to_pandas()
     counts = events[events["event_type"].isin(ENGAGEMENT_TYPES)].groupby("item_id").size()
     return counts.reindex(items.unique(), fill_value=0).astype(np.float64)

@@ -57,6 +57,7 @@ from mtl_model.streaming import (
 from mtl_model.transfer import warm_start
 from mtlrec.config import RayConfig
 from mtlrec.errors import InputError
+from mtlrec.gold_build import GoldBuildRef
 from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger
@@ -443,6 +444,7 @@ def finalize_run(
     checkpoint: Checkpoint,
     bundle: RunConfigBundle,
     snapshot: GoldSnapshot,
+    gold_build: GoldBuildRef,
     cluster: RayCluster,
 ) -> TrainingOutcome:
     """Write the run's outputs from its final checkpoint: artifact, metrics.json, config."""
@@ -454,9 +456,10 @@ def finalize_run(
     model.load_state_dict(state.best_model)
     metrics = {**state.best_record(), **{f"test/{k}": v for k, v in state.test.items()}}
     artifact_path = run_dir / "model.pt"
-    # The artifact is to carry snapshot.build_id too (ModelArtifact.gold_build_id).
     save_artifact(
-        artifact_from_model(model, snapshot.spec, bundle.model, metrics, bundle.train),
+        artifact_from_model(
+            model, snapshot.spec, bundle.model, metrics, bundle.train, gold_build=gold_build
+        ),
         artifact_path,
     )
     write_run_metrics(run_dir, state, metrics, snapshot, cluster)

@@ -1,10 +1,11 @@
 """Which gold build a model was trained on, and whether a lake's build fits it.
 
-A gold build is one row of ``gold/feature_spec``: the ``FeatureSpec`` plus the table
-versions it wrote (vocabulary, text embeddings, user/item features, examples). A model's
-categorical indices only mean something under the vocabulary of its build, so the model
-artifact records a :class:`GoldBuildRef` (build id, vocabulary version and content hash,
-text-embedding fingerprint) and batch scoring resolves it against the lake
+A gold build is one row of ``gold/feature_spec``, read as a ``GoldSnapshot``: the
+``FeatureSpec`` plus the table versions it wrote (vocabulary, text embeddings, user/item
+features, examples). A model's categorical indices only mean something under the
+vocabulary of its build, so the model artifact records a :class:`GoldBuildRef` (build id,
+vocabulary version and content hash, text-embedding fingerprint), made by training from
+the snapshot it read, and batch scoring resolves it against the lake
 (:func:`resolve_build`): the model's own build when the lake has it; another build only
 when its columns, vocabulary content and text fingerprint are identical (a deliberate
 cross-build scoring, e.g. a rebuild on unchanged silver); anything else is refused.
@@ -16,9 +17,8 @@ the vocabulary hash streams the table's files batch by batch.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,23 +26,15 @@ import pyarrow.parquet as pq
 
 from mtlrec.errors import InputError
 from mtlrec.feature_spec import FeatureSpec
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
+from mtlrec.tables import GOLD_FEATURE_SPEC, GOLD_VOCABULARY
 
-SPEC_TABLE = "gold/feature_spec"
-VOCABULARY_TABLE = "gold/vocabulary"
-TEXT_TABLE = "gold/item_text_embeddings"
-USER_FEATURES_TABLE = "gold/user_features"
-ITEM_FEATURES_TABLE = "gold/item_features"
 _HASH_MODULUS = 1 << 64
 
 
 class BuildMismatchError(InputError, ValueError):
     """The model's gold build does not fit the lake it is asked to score."""
-
-
-def version_column(table: str) -> str:
-    """'gold/vocabulary' -> 'gold_vocabulary_version' (the spec row's column)."""
-    return table.replace("/", "_") + "_version"
 
 
 @dataclass(frozen=True)
@@ -67,14 +59,29 @@ class GoldBuildRef:
 
 @dataclass(frozen=True)
 class GoldBuild:
-    """One build of the lake: its spec and the table versions it names."""
+    """One build of the lake: its snapshot and the reference a model artifact records."""
 
+    snapshot: GoldSnapshot
     ref: GoldBuildRef
-    spec: FeatureSpec
-    versions: dict[str, int | None]
 
-    def table_version(self, table: str) -> int | None:
-        return self.versions.get(table)
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.snapshot.spec
+
+    @property
+    def versions(self) -> Mapping[str, int | None]:
+        return self.snapshot.versions
+
+
+def build_ref(lake: Lake, snapshot: GoldSnapshot) -> GoldBuildRef:
+    """What an artifact trained on ``snapshot`` records (hashes the vocabulary it names)."""
+    vocabulary_version = snapshot.version(GOLD_VOCABULARY)
+    return GoldBuildRef(
+        build_id=snapshot.build_id,
+        vocabulary_version=vocabulary_version,
+        vocabulary_hash=vocabulary_hash(lake, vocabulary_version),
+        text_fingerprint=snapshot.text_fingerprint,
+    )
 
 
 def vocabulary_hash(lake: Lake, version: int) -> str:
@@ -85,7 +92,7 @@ def vocabulary_hash(lake: Lake, version: int) -> str:
     batch by batch so memory stays flat in the vocabulary's size (users x features).
     """
     total, rows = 0, 0
-    for uri in lake.snapshot_files(VOCABULARY_TABLE, version=version):
+    for uri in lake.snapshot_files(GOLD_VOCABULARY, version=version):
         filesystem, path = lake.storage.filesystem_for(uri)
         parquet = pq.ParquetFile(path, filesystem=filesystem)
         for batch in parquet.iter_batches(columns=["feature", "value", "index"]):
@@ -96,40 +103,10 @@ def vocabulary_hash(lake: Lake, version: int) -> str:
     return f"{rows:x}-{total:016x}"
 
 
-def _spec_rows(lake: Lake) -> Iterator[dict[str, Any]]:
-    if not lake.exists(SPEC_TABLE):
-        return
-    for uri in lake.snapshot_files(SPEC_TABLE):
-        filesystem, path = lake.storage.filesystem_for(uri)
-        yield from pq.read_table(path, filesystem=filesystem).to_pylist()
-
-
-def _build_of(lake: Lake, row: dict[str, Any]) -> GoldBuild:
-    versions = {
-        table: (int(row[version_column(table)]) if row.get(version_column(table)) is not None
-                else None)
-        for table in (VOCABULARY_TABLE, TEXT_TABLE, USER_FEATURES_TABLE, ITEM_FEATURES_TABLE)
-    }  # fmt: skip
-    vocabulary_version = versions[VOCABULARY_TABLE]
-    if vocabulary_version is None:
-        raise BuildMismatchError(f"{SPEC_TABLE} build {row['build_id']} names no vocabulary")
-    ref = GoldBuildRef(
-        build_id=str(row["build_id"]),
-        vocabulary_version=vocabulary_version,
-        vocabulary_hash=vocabulary_hash(lake, vocabulary_version),
-        text_fingerprint=row.get("text_fingerprint"),
-    )
-    return GoldBuild(ref, FeatureSpec.from_json(row["spec_json"]), versions)
-
-
 def read_build(lake: Lake, build_id: str | None = None) -> GoldBuild | None:
     """The build ``build_id`` (None: the newest) of the lake, or None when absent."""
-    rows = list(_spec_rows(lake))
-    if build_id is not None:
-        rows = [r for r in rows if r["build_id"] == build_id]
-    if not rows:
-        return None
-    return _build_of(lake, max(rows, key=lambda r: (r["created_at"], r["build_id"])))
+    snapshot = GoldSnapshot.latest(lake, build_id)
+    return None if snapshot is None else GoldBuild(snapshot, build_ref(lake, snapshot))
 
 
 def _differences(model_spec: FeatureSpec, model: GoldBuildRef | None, lake: GoldBuild) -> list[str]:
@@ -165,7 +142,8 @@ def resolve_build(lake: Lake, model_spec: FeatureSpec, model: GoldBuildRef | Non
     newest = read_build(lake)
     if newest is None:
         raise BuildMismatchError(
-            f"{SPEC_TABLE} holds no build under {lake.root}: run jobs/build_features.py first"
+            f"{GOLD_FEATURE_SPEC} holds no build under {lake.root}: "
+            "run jobs/build_features.py first"
         )
     differences = _differences(model_spec, model, newest)
     if differences:

@@ -114,11 +114,14 @@ class GoldSnapshot:
 
     # ------------------------------------------------------------------ finding the build
     @classmethod
-    def latest(cls, lake: Lake) -> GoldSnapshot | None:
-        """The newest build (by creation time, then build id), or None before the first."""
+    def latest(cls, lake: Lake, build_id: str | None = None) -> GoldSnapshot | None:
+        """The newest build (by creation time, then build id), or None before the first;
+        with ``build_id``, that build, or None when the lake does not hold it."""
         if not lake.exists(GOLD_FEATURE_SPEC):
             return None
         rows = lake.read_arrow(GOLD_FEATURE_SPEC).to_pylist()
+        if build_id is not None:
+            rows = [r for r in rows if r["build_id"] == build_id]
         if not rows:
             return None
         return cls.from_row(max(rows, key=lambda r: (r["created_at"], r["build_id"])))

@@ -23,11 +23,11 @@ from feature_engineering.candidates import (
     RECENT,
     CandidateError,
     candidates,
-    days_before,
     eligible_items,
     popular_items,
 )
 from feature_engineering.gold import build_examples_for
+from feature_engineering.point_in_time import days_before
 from feature_engineering.scoring import (
     CONTEXT_FEATURES,
     ScoringInputError,
