@@ -224,6 +224,15 @@ def test_same_seed_is_byte_identical_whatever_the_processes(tiny: Path, tmp_path
     assert _tree(other)["raw/items/items.jsonl"] != original["raw/items/items.jsonl"]
 
 
+def test_a_shard_with_no_sessions_on_a_day_is_generated(tmp_path: Path) -> None:
+    # 41 users in shards of 20: the third shard holds one user, who has no session on
+    # some days; the generator must write the other shards' lines, not fail.
+    overrides = ["generator.num_users=41", "generator.users_per_shard=20",
+                 "generator.num_days=3", "generator.processes=1"]
+    assert _generate(tmp_path, overrides) == 0
+    assert list((tmp_path / "raw" / "events").rglob("*.jsonl"))
+
+
 def test_gzip_output_holds_the_same_lines(tiny: Path, tmp_path: Path) -> None:
     assert _generate(tmp_path, [*TINY, "generator.compression=gzip"]) == 0
     plain = [line.data for line in read_raw(tiny)]

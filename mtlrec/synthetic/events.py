@@ -183,7 +183,7 @@ def simulate_partition(world: World, day: int, shard: int) -> Partition:
     session_of_view = np.repeat(np.arange(len(owner)), views)
     gaps = (rng.exponential(beh.request_gap_seconds * 1000, size=len(session_of_view))
             + 3_000).astype(np.int64)
-    first = np.r_[0, np.cumsum(views)[:-1]]
+    first = np.cumsum(views) - views  # each session's first view (empty when no sessions)
     gaps[first] = 0
     offset = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first], views)
     duration = offset[np.cumsum(views) - 1] + 60_000
