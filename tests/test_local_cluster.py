@@ -27,7 +27,9 @@ from feature_engineering.spec import read_latest_spec
 from jobs.generate_logs import main as generate_logs
 from mtlrec.lake import Lake
 
-pytestmark = pytest.mark.slow
+# The first test that needs the tables waits for two feature runs (cluster and local[2]):
+# about 10 minutes on 2 shared cores at load average 10-16.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv/bin/python")
