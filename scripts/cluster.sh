@@ -158,8 +158,9 @@ SPARK_EXPECTED_WORKERS=$SPARK_WORKERS
 RAY_EXPECTED_NODES=$RAY_NODES
 EOF
   helper wait-spark "$ui" "$SPARK_WORKERS" 180
+  # (Ray's client warnings about the missing internet go to the log, not the terminal.)
   "${RAY_NETWORK[@]}" env -u RAY_ADDRESS "$PY" "$ROOT/scripts/local_cluster.py" wait-ray \
-    "$ray_address" "$RAY_NODES" 180 >/dev/null
+    "$ray_address" "$RAY_NODES" 180 >/dev/null 2>>"$DIR/logs/wait-ray.log"
   trap - ERR
   status
 }

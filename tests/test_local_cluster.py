@@ -27,7 +27,9 @@ from feature_engineering.spec import read_latest_spec
 from jobs.generate_logs import main as generate_logs
 from mtlrec.lake import Lake
 
-pytestmark = pytest.mark.slow
+# The first test that needs the tables waits for two feature runs (cluster and local[2]):
+# about 10 minutes on 2 shared cores at load average 10-16.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv/bin/python")
@@ -305,15 +307,20 @@ def built(cluster: Cluster) -> Iterator[Built]:
     )
     assert on_cluster.stdout is not None
     output, killed = [], 0
-    for line in on_cluster.stdout:
-        output.append(line)
-        # Bronze is written; silver is about to run: kill worker 1's executor JVM.
-        if not killed and "stage=write bronze/events" in line:
-            executor = _executor_of(cluster.pid("spark-worker-1"))
-            assert executor is not None, "worker 1 runs an executor for the job"
-            os.kill(executor, signal.SIGKILL)
-            killed = executor
-    assert on_cluster.wait(timeout=1200) == 0, "".join(output[-60:])
+    try:
+        for line in on_cluster.stdout:
+            output.append(line)
+            # Bronze is written; silver is about to run: kill worker 1's executor JVM.
+            if not killed and "stage=write bronze/events" in line:
+                executor = _executor_of(cluster.pid("spark-worker-1"))
+                assert executor is not None, "worker 1 runs an executor for the job"
+                os.kill(executor, signal.SIGKILL)
+                killed = executor
+        assert on_cluster.wait(timeout=1200) == 0, "".join(output[-60:])
+    finally:  # a failed assertion or a suite timeout leaves no driver behind
+        if on_cluster.poll() is None:
+            on_cluster.kill()
+            on_cluster.wait()
     assert killed, "".join(output[-60:])
 
     on_local = subprocess.run(
