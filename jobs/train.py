@@ -31,6 +31,7 @@ from mtlrec.gold_build import build_ref
 from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
+from mtlrec.tables import GOLD_VOCABULARY
 
 _log = get_logger("jobs.train")
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -182,7 +183,10 @@ def _train(argv: list[str] | None, may_reexec: bool) -> None:
     # build, an empty split, too few row groups: one line (exit 2) before Ray starts.
     lake = Lake.from_config(cfg.lake)
     snapshot = GoldSnapshot.resolve(lake)
-    gold_build = build_ref(lake, snapshot)  # what the artifact records, for scoring's check
+    # What the artifact records for scoring's check; a build without a vocabulary (example
+    # tables written by other tools) records none, and scoring then needs the same spec.
+    has_vocabulary = snapshot.versions.get(GOLD_VOCABULARY) is not None
+    gold_build = build_ref(lake, snapshot) if has_vocabulary else None
     inputs = resolve_inputs(lake, snapshot, cfg.run)
     train_rows_for(inputs, ray_cfg.num_workers)
     cluster = init_ray(ray_cfg)

@@ -444,7 +444,7 @@ def finalize_run(
     checkpoint: Checkpoint,
     bundle: RunConfigBundle,
     snapshot: GoldSnapshot,
-    gold_build: GoldBuildRef,
+    gold_build: GoldBuildRef | None,
     cluster: RayCluster,
 ) -> TrainingOutcome:
     """Write the run's outputs from its final checkpoint: artifact, metrics.json, config."""
