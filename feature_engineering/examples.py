@@ -71,8 +71,9 @@ AFFINITY_FEATURES = [f"user_affinity_{d}" for d in AFFINITY_DIMENSIONS]
 class FeatureSources:
     """The tables features are computed from.
 
-    ``events`` is silver/events; only rows with ``dt`` before each target's day
-    are used. ``text`` is (item_id, text_emb_*) or None when text is disabled.
+    ``events`` is silver/events; only rows available before each target's day
+    (event day and ingest day both before it, see ``point_in_time``) are used.
+    ``text`` is (item_id, text_emb_*) or None when text is disabled.
     """
 
     events: DataFrame

@@ -324,7 +324,8 @@ def build_examples_for(
     """Encoded feature rows for (user_id, item_id[, context]) ``pairs`` as of ``as_of_dt``.
 
     The same functions and the stored vocabulary and text embeddings of the
-    last build; only silver events before ``as_of_dt`` are read. Context
+    last build; only silver events before ``as_of_dt`` are read, and of those
+    only the ones ingested before it count. Context
     columns the pairs lack (request_id, position, page, device, market,
     event_ts) are null and map to the OOV index.
     """

@@ -1,15 +1,19 @@
 """Point-in-time user, item and user x item-attribute features.
 
-Every feature "as of day D" is computed only from events whose ``dt`` is
-strictly before D. ``dt`` is the partition the event was *available* in
-(silver files late arrivals under the day they arrived), so a late event never
-leaks into an earlier day.
+Every feature "as of day D" is computed only from events *available* before D:
+an event's availability day is the later of its event day (``dt``) and the day
+it was ingested (``ingest_dt``, the raw ``dt=`` folder its line came from), so
+a late arrival counts from the day after it arrived and never leaks into an
+earlier day. Windows are measured in event time (an event of day d is in the
+w-day window of D when D - w <= d < D), so a line that arrives after the
+longest window has passed never counts.
 
 The aggregation avoids a rescan per day: events are first reduced to one row
-per (entity, day); each such row is then fanned out to the as-of days it
-contributes to (the next ``lookback`` days, restricted to the requested ones)
-and summed with conditional aggregates per window. Cost is proportional to
-active entity-days x lookback, not to events x days.
+per (entity, event day, availability day); each such row is then fanned out to
+the as-of days it contributes to (from the day after it became available to
+``lookback`` days after its event day, restricted to the requested ones) and
+summed with conditional aggregates per window. Cost is proportional to active
+entity-days x lookback, not to events x days.
 """
 
 from __future__ import annotations
@@ -72,12 +76,18 @@ def _count(event_type: str) -> Column:
 
 
 def _fan_out(daily: DataFrame, as_of_days: list[int], lookback: int) -> DataFrame:
-    """Repeat each (entity, day) row for every requested as-of day in (day, day + lookback]."""
+    """Repeat each (entity, day, available) row for every requested as-of day in
+    (available, day + lookback]; ``age`` is the as-of day minus the event day."""
     first, last = min(as_of_days), max(as_of_days)
-    start = F.greatest(F.col("day") + 1, F.lit(first))
+    start = F.greatest(F.col("available") + 1, F.lit(first))
     stop = F.least(F.col("day") + lookback, F.lit(last))
+    # The conditions keep start <= stop: F.sequence would count down otherwise.
     return (
-        daily.where((F.col("day") + lookback >= first) & (F.col("day") < last))
+        daily.where(
+            (F.col("day") + lookback >= first)
+            & (F.col("available") < last)
+            & (F.col("available") < F.col("day") + lookback)
+        )
         .withColumn("as_of_day", F.explode(F.sequence(start, stop)))
         .where(F.col("as_of_day").isin(as_of_days))
         .withColumn("age", F.col("as_of_day") - F.col("day"))
@@ -93,7 +103,12 @@ def _smoothed(hits: Column, trials: Column, prior: float, strength: float) -> Co
 
 
 def _with_events(events: DataFrame) -> DataFrame:
-    return events.withColumn("day", day_number(F.col("dt")))
+    """``day``: the event day; ``available``: the first day the event was known, the later
+    of its event day and its ingest day (a late line is known from the day it arrived)."""
+    day = day_number(F.col("dt"))
+    return events.withColumn("day", day).withColumn(
+        "available", F.greatest(day, day_number(F.col("ingest_dt")))
+    )
 
 
 def _log1p_float(column: Column, name: str) -> Column:
@@ -161,7 +176,7 @@ def user_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> 
     is_click = F.col("event_type") == "click"
     daily = (
         _with_events(events)
-        .groupBy("user_id", "day")
+        .groupBy("user_id", "day", "available")
         .agg(
             *[_count(t).alias(f"n_{t}") for t in EVENT_TYPES],
             F.max("event_ts").alias("last_ts"),
@@ -217,7 +232,7 @@ def item_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> 
     """(item_id, as_of_day, popularity and smoothed rates) for items with history."""
     daily = (
         _with_events(events)
-        .groupBy("item_id", "day")
+        .groupBy("item_id", "day", "available")
         .agg(*[_count(t).alias(f"n_{t}") for t in EVENT_TYPES])
     )
     grouped = (
@@ -243,6 +258,7 @@ def user_affinities(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -
         .select(
             "user_id",
             "day",
+            "available",
             F.explode(
                 F.array(
                     *[
@@ -252,10 +268,12 @@ def user_affinities(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -
                 )
             ).alias("kv"),
         )
-        .select("user_id", "day", "kv.dimension", "kv.value")
+        .select("user_id", "day", "available", "kv.dimension", "kv.value")
         .where(F.col("value").isNotNull())
     )
-    daily = long.groupBy("user_id", "dimension", "value", "day").agg(F.count(F.lit(1)).alias("n"))
+    daily = long.groupBy("user_id", "dimension", "value", "day", "available").agg(
+        F.count(F.lit(1)).alias("n")
+    )
     per_value = (
         _fan_out(daily, as_of_days, cfg.affinity_window_days)
         .groupBy("user_id", "as_of_day", "dimension", "value")

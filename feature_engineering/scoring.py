@@ -503,12 +503,13 @@ def history_events(
     spark: SparkSession, lake: Lake, score: ScoringConfig, gold: GoldConfig, day: str
 ) -> DataFrame:
     """The silver events every step reads (candidates' history window and the features'
-    look-back), only the columns they use: read once, persisted by the caller."""
+    look-back), only the columns they use: read once, persisted by the caller. Only
+    events ingested before ``day`` are known on it (their event day is before it too)."""
     window = max(score.candidates.history_days, gold.lookback_days)
     return lake.read_table(
         spark, SILVER_EVENTS, filters=[("dt", "in", days_before(day, window))]
-    ).select(
-        "user_id", "item_id", "event_type", "event_ts", "dt", "item_price", "device",
+    ).where(F.col("ingest_dt") < day).select(
+        "user_id", "item_id", "event_type", "event_ts", "dt", "ingest_dt", "item_price", "device",
         *sorted({*AFFINITY_DIMENSIONS, *TOP_DIMENSIONS}),
     )  # fmt: skip
 

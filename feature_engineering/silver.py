@@ -38,7 +38,7 @@ ITEMS_TABLE = "silver/items"
 USERS_TABLE = "silver/users"
 
 SILVER_EVENT_COLUMNS = (
-    "event_id", "event_ts", "dt", "user_id", "session_id", "event_type", "item_id",
+    "event_id", "event_ts", "dt", "ingest_dt", "user_id", "session_id", "event_type", "item_id",
     "request_id", "position", "page", "device", "price", "quantity", "market", "item_known",
     "category_l1", "category_l2", "category_l3", "brand", "item_price", "item_created_ts",
     "source_file", "source_line",

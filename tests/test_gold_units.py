@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+from typing import Any
+
 import pytest
+from gold_silver_log import EVENT_SCHEMA
 from pydantic import ValidationError
 from pyspark.sql import SparkSession
 
 from feature_engineering.examples import position_bucket
 from feature_engineering.gold_config import GoldConfig, SplitConfig
+from feature_engineering.point_in_time import (
+    day_number,
+    item_features,
+    user_affinities,
+    user_features,
+)
 from feature_engineering.splits import SplitError, plan_splits
 
 DAYS = [f"2026-10-{d:02d}" for d in range(1, 11)]
@@ -71,3 +82,63 @@ def test_position_buckets(spark: SparkSession) -> None:
     frame = spark.createDataFrame([(p,) for p in (None, 1, 2, 6, 7, 8, 51, 400)], "position int")
     rows = frame.select(position_bucket(frame["position"], [1, 2, 6, 8, 51]).alias("b")).collect()
     assert [r["b"] for r in rows] == [None, "1", "2-5", "6-7", "6-7", "8-50", "51+", "51+"]
+
+
+@pytest.mark.spark
+def test_a_late_line_counts_only_after_the_day_it_arrived(spark: SparkSession) -> None:
+    """A click of day 1 delivered in the day-3 ingest folder is unknown as of days 2 and
+    3 and counted (in event time: 3 days old) as of day 4; an on-time click of day 1 is
+    counted from day 2. A line that arrives after the longest window never counts."""
+    cfg = GoldConfig()
+    day = [(dt.date(2026, 10, 1) + dt.timedelta(days=k)).isoformat() for k in range(31)]
+    one, two, three, four = day[0], day[1], day[2], day[3]
+    after_lookback = day[cfg.lookback_days]  # day 1 + lookback: too late for any window
+
+    def click(event_id: str, user: str, item: str, ingest_dt: str) -> dict[str, Any]:
+        row: dict[str, Any] = dict.fromkeys(EVENT_SCHEMA.fieldNames())
+        row.update(
+            event_id=event_id,
+            event_ts=dt.datetime(2026, 10, 1, 10, tzinfo=dt.UTC),
+            dt=one,
+            ingest_dt=ingest_dt,
+            user_id=user,
+            event_type="click",
+            item_id=item,
+            category_l1="A",
+        )
+        return row
+
+    events = spark.createDataFrame(
+        [
+            click("late", "u_late", "i_late", three),
+            click("on_time", "u_on_time", "i_on_time", one),
+            click("too_late", "u_too_late", "i_too_late", after_lookback),
+        ],
+        EVENT_SCHEMA,
+    )
+    as_of = [day_number(d) for d in (two, three, four, day[cfg.lookback_days + 1])]
+
+    def by_key(rows: Any, key: str, column: str) -> dict[tuple[str, str], Any]:
+        return {(r[key], as_of.index(r["as_of_day"])): r[column] for r in rows.collect()}
+
+    log1p = math.log1p(1)
+    users = by_key(user_features(events, as_of, cfg), "user_id", "user_log_clicks_7d")
+    assert users == pytest.approx(
+        {
+            ("u_on_time", 0): log1p,
+            ("u_on_time", 1): log1p,
+            ("u_on_time", 2): log1p,
+            ("u_late", 2): log1p,
+        }
+    )
+    late_1d = by_key(user_features(events, as_of, cfg), "user_id", "user_log_clicks_1d")
+    assert late_1d[("u_late", 2)] == 0.0  # three days old in event time
+    items = by_key(item_features(events, as_of, cfg), "item_id", "item_log_clicks_7d")
+    assert items == pytest.approx(
+        {("i_on_time", 0): log1p, ("i_on_time", 1): log1p, ("i_on_time", 2): log1p,
+         ("i_late", 2): log1p}
+    )  # fmt: skip
+    tops = by_key(user_affinities(events, as_of, cfg), "user_id", "affinity_total_category_l1")
+    assert {k for k, v in tops.items() if v} == {
+        ("u_on_time", 0), ("u_on_time", 1), ("u_on_time", 2), ("u_late", 2),
+    }  # fmt: skip
