@@ -1,6 +1,6 @@
 """Build the feature tables: bronze, silver and gold, one stage or all.
 
-    spark-submit jobs/build_features.py --stage bronze --config cluster_configs/local.yaml
+    scripts/submit.sh jobs/build_features.py --stage bronze --config cluster_configs/local.yaml
     python -m jobs.build_features --stage all --days 2026-10-01 2026-10-02
 
 Re-running a stage for the same days replaces exactly those days' partitions.
