@@ -1,6 +1,6 @@
 """Batch scoring: top-K recommendations per user with per-task scores, to Delta.
 
-    scripts/submit.sh jobs/score_users.py --config cluster_configs/local.yaml --model runs/demo/model.pt
+    scripts/submit.sh jobs/score_users.py --model runs/demo/model.pt
     python -m jobs.score_users --model runs/demo/model.pt --date 2026-10-14 --users users.txt
 
 For the scoring day D (``--date``, default the day after the last silver/events day):
