@@ -164,6 +164,10 @@ def test_nothing_to_read_names_the_path_and_the_skip_reasons(tmp_path: Path) -> 
 @pytest.mark.skipif(not Path("/usr/bin/setpriv").exists(), reason="needs setpriv to drop root")
 def test_a_file_without_read_permission_is_skipped_as_unreadable() -> None:
     """Root reads any file, so the listing runs as ``nobody`` when the tests run as root."""
+    checkout = Path(__file__).resolve().parent.parent
+    closed = [d for d in (checkout, *checkout.parents) if not d.stat().st_mode & 0o001]
+    if os.geteuid() == 0 and closed:
+        pytest.skip(f"user nobody cannot reach the checkout to import it: {closed[0]} is 0o700")
     base = Path(tempfile.mkdtemp(prefix="mtlrec-perm-"))
     try:
         base.chmod(0o755)
