@@ -30,6 +30,7 @@ from mtl_model.streaming import (
     to_tensors,
 )
 from mtlrec.feature_spec import FeatureSpec
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 
 TITLE = "Loader: Petastorm shard stream vs pyarrow, data wait in training"
@@ -70,9 +71,7 @@ def count_rows(batches: Iterable[dict[str, Any]]) -> int:
 
 
 def load_spec(lake: Lake) -> FeatureSpec:
-    from feature_engineering.spec import read_latest_spec
-
-    return read_latest_spec(lake)
+    return GoldSnapshot.resolve(lake).spec
 
 
 def run(ctx: BenchContext) -> PartResult:

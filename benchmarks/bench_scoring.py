@@ -25,6 +25,7 @@ from benchmarks.bench_generator import TreeRssSampler
 from benchmarks.context import BenchContext
 from benchmarks.harness import Figure, PartResult, median, paired_ratio, rates, time_interleaved
 from mtlrec.lake import Lake
+from mtlrec.tables import SILVER_USERS
 
 TITLE = "Scoring: Spark job pairs/s vs an in-memory torch forward pass"
 
@@ -32,10 +33,10 @@ TITLE = "Scoring: Spark job pairs/s vs an in-memory torch forward pass"
 def pick_users(lake: Lake, count: int) -> list[str]:
     """The first ``count`` users of silver/users (by id)."""
     users = sorted(
-        lake.read_arrow("silver/users", columns=["user_id"]).column("user_id").to_pylist()
+        lake.read_arrow(SILVER_USERS, columns=["user_id"]).column("user_id").to_pylist()
     )
     if len(users) < count:
-        raise ValueError(f"silver/users holds {len(users)} users, fewer than {count}")
+        raise ValueError(f"{SILVER_USERS} holds {len(users)} users, fewer than {count}")
     return users[:count]
 
 

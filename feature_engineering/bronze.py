@@ -50,10 +50,7 @@ from mtlrec.errors import CheckError
 from mtlrec.lake import Lake, PartitionFilter
 from mtlrec.log import get_logger, log_stage
 from mtlrec.raw_contract import REQUIRED_FIELDS, FormatReason, QuarantineReason
-
-EVENTS_TABLE = "bronze/events"
-QUARANTINE_TABLE = "bronze/quarantine"
-SKIPPED_TABLE = "bronze/skipped_files"
+from mtlrec.tables import BRONZE_EVENTS, BRONZE_QUARANTINE, BRONZE_SKIPPED_FILES
 
 STRING_FIELDS = (
     "event_id", "user_id", "session_id", "event_type", "item_id",
@@ -396,9 +393,9 @@ def reconcile_files(
     naming the first files that do not balance.
     """
     day_filter: list[PartitionFilter] = [("ingest_dt", "in", run_days)]
-    events = _per_file(lake.read_table(spark, EVENTS_TABLE, filters=day_filter), "source_file")
+    events = _per_file(lake.read_table(spark, BRONZE_EVENTS, filters=day_filter), "source_file")
     quarantine = _per_file(
-        lake.read_table(spark, QUARANTINE_TABLE, filters=day_filter), "source_file", "reason"
+        lake.read_table(spark, BRONZE_QUARANTINE, filters=day_filter), "source_file", "reason"
     )
     held: dict[str, int] = {path: n for (path,), n in events.items()}
     by_reason: dict[str, int] = {}
@@ -461,11 +458,11 @@ def run_bronze(
     replace = [{"ingest_dt": d} for d in run_days]
     lake.write_arrow(
         _skipped_table(listing.skipped),
-        SKIPPED_TABLE,
+        BRONZE_SKIPPED_FILES,
         mode="overwrite",
         partition_by=["ingest_dt"],
         replace_partitions=[*replace, {"ingest_dt": None}],
-        run_id=tagged(SKIPPED_TABLE),
+        run_id=tagged(BRONZE_SKIPPED_FILES),
     )
     # Nothing is cached: each write reads the files again, so memory stays bounded.
     classified = classify(
@@ -473,19 +470,19 @@ def run_bronze(
     )
     lake.write_table(
         classified.where(F.col("reason").isNull()).select(*EVENT_COLUMNS),
-        EVENTS_TABLE,
+        BRONZE_EVENTS,
         mode="overwrite",
         partition_by=["dt", "ingest_dt"],
         replace_partitions=replace,  # every event day of these ingest days
-        run_id=tagged(EVENTS_TABLE),
+        run_id=tagged(BRONZE_EVENTS),
     )
     lake.write_table(
         classified.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS),
-        QUARANTINE_TABLE,
+        BRONZE_QUARANTINE,
         mode="overwrite",
         partition_by=["ingest_dt"],
         replace_partitions=replace,
-        run_id=tagged(QUARANTINE_TABLE),
+        run_id=tagged(BRONZE_QUARANTINE),
     )
 
     # The left side counts what the files hold, read once more: not what a write kept.

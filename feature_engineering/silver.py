@@ -22,7 +22,6 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from feature_engineering.behavior_log import synthesize_impressions
-from feature_engineering.bronze import EVENTS_TABLE as BRONZE_EVENTS
 from feature_engineering.catalog import ITEM_COLUMNS, USER_COLUMNS, load_items, load_users
 from feature_engineering.config import BotConfig, FeatureConfig
 from feature_engineering.labels import conversion_attribution
@@ -31,11 +30,13 @@ from mtlrec.errors import InputError
 from mtlrec.lake import CommitResult, Lake, PartitionFilter
 from mtlrec.log import get_logger, log_stage
 from mtlrec.raw_contract import EVENT_TYPES
-
-EVENTS_TABLE = "silver/events"
-BOT_EVENTS_TABLE = "silver/bot_events"
-ITEMS_TABLE = "silver/items"
-USERS_TABLE = "silver/users"
+from mtlrec.tables import (
+    BRONZE_EVENTS,
+    SILVER_BOT_EVENTS,
+    SILVER_EVENTS,
+    SILVER_ITEMS,
+    SILVER_USERS,
+)
 
 SILVER_EVENT_COLUMNS = (
     "event_id", "event_ts", "dt", "ingest_dt", "user_id", "session_id", "event_type", "item_id",
@@ -192,17 +193,18 @@ def run_silver(
     def tagged(table: str) -> str | None:
         return f"{run_id}:{table}" if run_id else None
 
-    lake.write_table(item_table, ITEMS_TABLE, mode="overwrite", run_id=tagged(ITEMS_TABLE))
+    lake.write_table(item_table, SILVER_ITEMS, mode="overwrite", run_id=tagged(SILVER_ITEMS))
     lake.write_table(
-        users.table.select(*USER_COLUMNS), USERS_TABLE, mode="overwrite", run_id=tagged(USERS_TABLE)
+        users.table.select(*USER_COLUMNS), SILVER_USERS,
+        mode="overwrite", run_id=tagged(SILVER_USERS),
     )
     events_commit = lake.write_table(
-        humans, EVENTS_TABLE, mode="overwrite", partition_by=["dt"],
-        replace_partitions=replace, run_id=tagged(EVENTS_TABLE),
+        humans, SILVER_EVENTS, mode="overwrite", partition_by=["dt"],
+        replace_partitions=replace, run_id=tagged(SILVER_EVENTS),
     )  # fmt: skip
     bots_commit = lake.write_table(
-        bots, BOT_EVENTS_TABLE, mode="overwrite", partition_by=["dt"],
-        replace_partitions=replace, run_id=tagged(BOT_EVENTS_TABLE),
+        bots, SILVER_BOT_EVENTS, mode="overwrite", partition_by=["dt"],
+        replace_partitions=replace, run_id=tagged(SILVER_BOT_EVENTS),
     )  # fmt: skip
     summary = shaped.agg(
         F.count(F.when(F.col("bot_reason").isNotNull(), 1)).alias("bot_events"),
@@ -217,10 +219,10 @@ def run_silver(
         frame.unpersist()
 
     day_filter: list[PartitionFilter] = [("dt", "in", run_days)]
-    written = _committed_rows(spark, lake, EVENTS_TABLE, events_commit, day_filter)
+    written = _committed_rows(spark, lake, SILVER_EVENTS, events_commit, day_filter)
     # What gold's attribution window will make of the run days' conversions (DESIGN.md 4.3).
     conversions = conversion_attribution(
-        lake.read_table(spark, EVENTS_TABLE, filters=day_filter),
+        lake.read_table(spark, SILVER_EVENTS, filters=day_filter),
         fcfg.gold.attribution_window_hours,
     )
     result = SilverResult(
@@ -229,7 +231,7 @@ def run_silver(
         duplicates=int(counts["duplicates"]),
         dropped_event_types=int(counts["dropped"]),
         events=written,
-        bot_events=_committed_rows(spark, lake, BOT_EVENTS_TABLE, bots_commit, day_filter),
+        bot_events=_committed_rows(spark, lake, SILVER_BOT_EVENTS, bots_commit, day_filter),
         bot_user_days=int(summary["bot_user_days"]),
         unknown_item_events=int(summary["unknown"]),
         synthesized_impressions=written - int(summary["humans"]),

@@ -17,8 +17,6 @@ from mtlrec.feature_spec import (
     FeatureSpec,
     TaskSpec,
 )
-from mtlrec.gold_snapshot import GoldSnapshot
-from mtlrec.lake import Lake
 
 TEXT_EMBEDDING_NAME = "item_text"
 TASKS = [
@@ -77,9 +75,3 @@ def build_spec(
         val_days=plan.val,
         test_days=plan.test,
     )
-
-
-def read_latest_spec(lake: Lake) -> FeatureSpec:
-    """The spec of the newest build (``GoldSnapshot.resolve``; a job that also reads the
-    build's tables should keep the snapshot itself and read its versions)."""
-    return GoldSnapshot.resolve(lake).spec

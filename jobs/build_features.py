@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from feature_engineering.bronze import run_bronze, run_window
 from feature_engineering.raw_input import list_raw
-from feature_engineering.silver import EVENTS_TABLE as SILVER_EVENTS
 from feature_engineering.silver import bronze_days, run_silver
 from feature_engineering.splits import SplitError, plan_splits
 from jobs.config import PipelineConfig, load_pipeline_config
@@ -38,6 +37,7 @@ from mtlrec.errors import CheckError, run_job
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger
 from mtlrec.spark import get_spark
+from mtlrec.tables import BRONZE_EVENTS, SILVER_EVENTS
 
 STAGES = ("bronze", "silver", "gold", "all")
 _log = get_logger("build_features")
@@ -73,7 +73,7 @@ class GoldDaysError(CheckError, RuntimeError):
 
 def _lake_days(lake: Lake) -> set[str]:
     """Event days bronze and silver already hold: silver may keep days bronze lost."""
-    found = set(bronze_days(lake)) if lake.exists("bronze/events") else set()
+    found = set(bronze_days(lake)) if lake.exists(BRONZE_EVENTS) else set()
     if lake.exists(SILVER_EVENTS):
         found |= {str(p["dt"]) for p in lake.snapshot_partitions(SILVER_EVENTS) if p.get("dt")}
     return found

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mtlrec.config import StrictModel
 from mtlrec.raw_contract import EVENT_TYPES
+from mtlrec.tables import GOLD_RECOMMENDATIONS
 
 _ENGAGEMENT_TYPES = tuple(t for t in EVENT_TYPES if t != "impression")
 
@@ -141,7 +142,7 @@ class ScoringConfig(StrictModel):
     torch_threads: int = Field(
         1, gt=0, description="torch intra-op threads per Spark Python worker (one per core)."
     )
-    table: str = Field("gold/recommendations", description="Delta table written.")
+    table: str = Field(GOLD_RECOMMENDATIONS, description="Delta table written.")
     candidates: CandidateConfig = Field(default_factory=CandidateConfig)
     context: SlotContext = Field(default_factory=SlotContext)
     final_score: FinalScoreConfig = Field(default_factory=FinalScoreConfig)

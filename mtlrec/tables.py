@@ -8,6 +8,7 @@ from __future__ import annotations
 
 BRONZE_EVENTS = "bronze/events"
 BRONZE_QUARANTINE = "bronze/quarantine"
+BRONZE_SKIPPED_FILES = "bronze/skipped_files"
 
 SILVER_EVENTS = "silver/events"
 SILVER_BOT_EVENTS = "silver/bot_events"

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import argparse
 
-from feature_engineering.spec import read_latest_spec
 from jobs.config import job_config
 from mtlrec.config import add_config_arguments
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
+from mtlrec.tables import GOLD_RECOMMENDATIONS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("fact", choices=["test-day", "table-uri"])
-    parser.add_argument("table", nargs="?", default="gold/recommendations")
+    parser.add_argument("table", nargs="?", default=GOLD_RECOMMENDATIONS)
     add_config_arguments(parser)
     args, _ = parser.parse_known_args()
     lake = Lake.from_config(job_config(args, "lake_info").lake)
     if args.fact == "test-day":
-        print(read_latest_spec(lake).test_days[-1])
+        print(GoldSnapshot.resolve(lake).spec.test_days[-1])
     else:
         print(lake.table_uri(args.table))
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from feature_engineering.spec import read_latest_spec
 from jobs.generate_logs import main as generate_logs
+from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 
 # The first test that needs the tables waits for two feature runs (cluster and local[2]):
@@ -443,7 +443,7 @@ def test_scoring_on_the_cluster_equals_local_scoring(built: Built, cluster: Clus
     model = built.root / "runs/on-cluster/model.pt"
     if not model.is_file():
         pytest.skip("needs the model trained on the Ray cluster (the test before failed)")
-    day = read_latest_spec(built.local_lake).test_days[-1]
+    day = GoldSnapshot.resolve(built.local_lake).spec.test_days[-1]
     job = ["jobs/score_users.py", "--model", str(model), "--date", day, *built.overrides]
     for lake, extra in (
         (built.cluster_lake, ["--master", cluster.master]),
