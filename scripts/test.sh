@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 export PYTHONHASHSEED=0
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
-echo "== pytest"; .venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist): the suite mostly waits on JVM and Ray start-ups, so a second
+# process overlaps one's waiting with the other's work. Each module runs whole in one worker,
+# longest first (tests/conftest.py). The 15 slowest tests are still printed (pyproject).
+echo "== pytest"; .venv/bin/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder "$@"
