@@ -100,8 +100,19 @@ class WorkUnitScheduling(LoadScopeScheduling):
         return work_unit(nodeid)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own LoadScopeScheduling
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> LoadScopeScheduling | None:
-    if config.getvalue("dist") != "loadscope":
-        return None
-    return WorkUnitScheduling(config, log)
+class _Scheduler:
+    """The hook xdist asks for a scheduler; registered only where xdist is loaded (a hook
+    pytest does not know fails the run, e.g. under ``-p no:xdist``)."""
+
+    @pytest.hookimpl(tryfirst=True)  # before xdist's own: ours refines its loadscope
+    def pytest_xdist_make_scheduler(
+        self, config: pytest.Config, log: Producer
+    ) -> LoadScopeScheduling | None:
+        if config.getvalue("dist") != "loadscope":
+            return None
+        return WorkUnitScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_Scheduler(), "mtlrec-work-units")
