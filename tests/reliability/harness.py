@@ -34,6 +34,8 @@ SMALL_SPARK = (
     "spark.master=local[1]",
     "spark.shuffle_partitions=2",
     "spark.driver_memory=1g",
+    # C1 compiler only: a short job's JVM spends its CPU compiling (tests/conftest.py).
+    'spark.conf={"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}',
 )
 
 
