@@ -1,12 +1,15 @@
 """How to scale a child task's loss: the measurement behind ``weighting.child_loss_scale``.
 
     python -m benchmarks.child_loss_scale --config cluster_configs/local.yaml \\
-        [--set lake.root=... --set generator.truth_root=...] [--seeds 3] [--threads 1]
+        [--set lake.root=... --set generator.truth_root=...] [--seeds 3] [--threads 1] \\
+        [--architectures mmoe,shared_bottom] [--candidates batch,parent_positives]
 
 Reads the lake's gold snapshot (the feature job must have run), then trains every
-candidate x architecture x seed through ``mtl_model.loop.fit`` (part 4's ``train``) with the
-config's train section as it is, and prints each test AUC as the median over seeds with
-its 95 % seeds x bootstrap interval and its share of the oracle's lift. Candidates:
+architecture x candidate x seed through ``mtl_model.loop.fit`` (part 4's ``train``) with
+the config's train section otherwise as it is, and prints one markdown row per
+architecture and candidate: each test AUC as the median over seeds, its 95 % seeds x
+bootstrap interval (the same resamples for every row), its share of the oracle's lift and
+its sd over seeds. Candidates:
 
 - ``parent_positives``: each child's loss is its mean over its parent's positives
   (the behaviour before issue 19);
@@ -14,8 +17,8 @@ its 95 % seeds x bootstrap interval and its share of the oracle's lift. Candidat
 - ``child_weight_0.1``: ``parent_positives`` with the children's fixed weights cut to 0.1
   and purchase_value's to 0 (the hand-tuned setting issue 19 measured).
 
-single_task trains its tasks in separate models (Adam makes a per-task constant scale
-nearly irrelevant there), so it runs once, as the reference.
+single_task trains each task in its own model, where Adam makes a per-task constant
+scale nearly irrelevant; it is the reference the shared architectures must match.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from mtlrec.config import load_config
 from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 
-ARCHITECTURES = ("mmoe", "shared_bottom", "ple")
+ARCHITECTURES = ("single_task", "shared_bottom", "mmoe", "ple", "esmm")
 CHILDREN = ("add_to_cart", "purchase")
 
 
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--architectures", default=",".join(ARCHITECTURES))
+    parser.add_argument("--candidates", default="parent_positives,batch,child_weight_0.1")
     args = parser.parse_args(argv)
     cfg = load_config(PipelineConfig, args.config, args.overrides)
     torch.set_num_threads(args.threads)
@@ -88,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rows: train {splits['train'].rows:,}, val {splits['val'].rows:,}, test {test.rows:,}"
           "; test positives " + ", ".join(f"{t} {int(labels[t].sum())}" for t in ORACLE_TASKS)
           + "; oracle AUC " + ", ".join(f"{t} {oracle[t]:.3f}" for t in ORACLE_TASKS), flush=True)
-    runs: list[tuple[str, str, TrainConfig]] = [("single_task", "batch", cfg.train)]
-    runs += [(arch, name, train_cfg) for arch in ARCHITECTURES
-             for name, train_cfg in candidates(cfg.train).items()]
+    configs = candidates(cfg.train)
+    runs = [(arch, name, configs[name]) for arch in args.architectures.split(",")
+            for name in args.candidates.split(",")]
     for arch, name, train_cfg in runs:
         family = TaskScores.empty()
         model_cfg = cfg.model.model_copy(update={"architecture": arch})
