@@ -10,7 +10,12 @@ ranking per task is known: the oracle scores each test-day impression of
 
 and a model's AUC is reported as a share of the oracle's lift over 0.5, on the same rows.
 
-- Architectures: single_task, shared_bottom, mmoe, ple, esmm, each against single-task.
+- Architectures: single_task, shared_bottom, mmoe, ple, esmm, each against single-task
+  (the ratio is the multi-task gain), and a LightGBM model per binary task on the same
+  gold features and split (the strong non-neural baseline; ``pip install -e .[bench]``).
+  Every AUC comes with its test positives and a 95 % interval over seeds x bootstrap
+  resamples of the test rows (the same resamples for every model), so a difference is
+  only claimed where the intervals say so.
 - Transfer: a model trained on other markets warm-starts a small target-market training
   set, against a cold start on the same rows (``mtl_model.transfer.warm_start``).
 - Distillation: a small student trained against the configured architecture's model
@@ -18,7 +23,8 @@ and a model's AUC is reported as a share of the oracle's lift over 0.5, on the s
 
 Training here is in-process with ``mtl_model.loop.fit`` (no Ray) on rows read from
 ``gold/examples`` with ``Lake.read_arrow``; every run is one seed, and every figure is a
-median over ``repeats`` seeds.
+median over ``repeats`` seeds. Every run trains with the configured defaults (e.g.
+``train.weighting.child_loss_scale``) except the small-data settings ``run`` names.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ TITLE = "Quality against the generator's ground truth (in-process training, no R
 ARCHITECTURES = ("single_task", "shared_bottom", "mmoe", "ple", "esmm")
 ORACLE_TASKS = ("click", "add_to_cart", "purchase")
 SPARSE_TASKS = ("add_to_cart", "purchase")
+BOOTSTRAP_DRAWS = 200
+LIGHTGBM = "lightgbm"
 
 
 def oracle_scores(truth: pa.Table) -> dict[str, np.ndarray]:
@@ -163,6 +171,48 @@ def lift_shares(
     }
 
 
+def bootstrap_rows(rows: int, draws: int, seed: int = 0) -> np.ndarray:
+    """``[draws, rows]`` row indices drawn with replacement; shared by every model compared."""
+    return np.random.default_rng(seed).integers(0, rows, size=(draws, rows))
+
+
+def auc_interval(
+    labels: np.ndarray, runs: list[np.ndarray], resamples: np.ndarray
+) -> tuple[float, float]:
+    """95 % interval of the AUC over every run (seed) x bootstrap resample of the test rows.
+
+    The spread covers both the training noise (seeds) and the test set's sampling noise
+    (a few dozen purchases on the quick test day). A resample holding one class only has
+    no AUC and is left out.
+    """
+    values = [
+        auc(labels[rows], scores[rows]) for scores in runs for rows in resamples
+    ]
+    finite = [v for v in values if not np.isnan(v)]
+    if not finite:
+        return (float("nan"), float("nan"))
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return (float(low), float(high))
+
+
+@dataclass
+class TaskScores:
+    """One model family's test scores per task, one array per seed (row order of ``test``)."""
+
+    runs: dict[str, list[np.ndarray]]
+
+    @classmethod
+    def empty(cls) -> TaskScores:
+        return cls({t: [] for t in ORACLE_TASKS})
+
+    def add(self, scores: dict[str, np.ndarray]) -> None:
+        for task in ORACLE_TASKS:
+            self.runs[task].append(scores[task])
+
+    def aucs(self, labels: dict[str, np.ndarray]) -> dict[str, list[float]]:
+        return {t: [auc(labels[t], s) for s in self.runs[t]] for t in ORACLE_TASKS}
+
+
 Init = Callable[[MultiTaskModel], None]
 
 
@@ -244,8 +294,12 @@ def run(ctx: BenchContext) -> PartResult:
         "Oracle AUC on the test day: "
         + ", ".join(f"{t} {oracle[t]:.4f} ({labels[t]:,} positives)" for t in ORACLE_TASKS)
         + ". Share = (AUC - 0.5) / (oracle AUC - 0.5) on the same rows.",
-        "Ratios pair runs by seed: each seed's share over the baseline's share with that seed. "
-        "n/a: the AUC is undefined in some run (rows of one class only).",
+        "Ratios pair runs by seed: each seed's share over the baseline's share with that seed "
+        "(against single_task: the multi-task gain). n/a: the AUC is undefined in some run "
+        "(rows of one class only).",
+        f"AUC [interval]: median over seeds, and the 2.5-97.5 percentiles over {len(seeds)} "
+        f"seeds x {BOOTSTRAP_DRAWS} bootstrap resamples of the test rows (the same resamples "
+        "for every model); a difference is real only where the intervals do not overlap.",
     ]
     return result
 
@@ -259,38 +313,128 @@ def _architectures(
     seeds: list[int],
     result: PartResult,
 ) -> dict[int, MultiTaskModel]:
-    """Every architecture x seed; returns the configured architecture's model per seed."""
-    shares: dict[str, dict[str, list[float]]] = {}
+    """Every architecture x seed, then LightGBM per task; one row per model and task.
+
+    Returns the configured architecture's model per seed (the distillation teacher).
+    """
+    test = splits["test"]
+    labels = {t: test.batch[label_column(spec, t)].numpy() for t in ORACLE_TASKS}
+    scores: dict[str, TaskScores] = {}
     kept: dict[int, MultiTaskModel] = {}
     for arch in ARCHITECTURES:
-        shares[arch] = {t: [] for t in ORACLE_TASKS}
+        scores[arch] = TaskScores.empty()
         model_cfg = cfg.model.model_copy(update={"architecture": arch})
         for seed in seeds:
             ctx.log(f"part 4: {arch}, seed {seed}")
             model = train(spec, model_cfg, cfg.train, splits["train"], splits["val"], seed)
-            for task, share in lift_shares(
-                model, spec, splits["test"], oracle, cfg.train.eval_batch_size
-            ).items():
-                shares[arch][task].append(share)
+            scores[arch].add(predictions(model, test, cfg.train.eval_batch_size))
             if arch == cfg.model.architecture:
                 kept[seed] = model
-    for arch in ARCHITECTURES:
+    try:
+        scores[LIGHTGBM] = _lightgbm_scores(ctx, spec, splits, seeds)
+    except ImportError as exc:
+        result.notes.append(
+            f"lightgbm not run: {exc} (a benchmark dependency: pip install -e '.[bench]')"
+        )
+    resamples = bootstrap_rows(test.rows, BOOTSTRAP_DRAWS)
+    aucs = {name: family.aucs(labels) for name, family in scores.items()}
+    shares = {
+        name: {t: [lift_share(a, oracle[t]) for a in values[t]] for t in ORACLE_TASKS}
+        for name, values in aucs.items()
+    }
+    for name, family in scores.items():
         for task in ORACLE_TASKS:
-            against_single = arch != "single_task"
+            against_single = name != "single_task"
             base = shares["single_task"][task]
+            low, high = auc_interval(labels[task], family.runs[task], resamples)
             result.figures.append(
                 Figure(
-                    name=f"{arch}: {task} AUC, share of oracle lift",
-                    value=median_or_nan(shares[arch][task]),
+                    name=f"{name}: {task} AUC, share of oracle lift",
+                    value=median_or_nan(shares[name][task]),
                     unit="share",
                     runs=len(seeds),
                     baseline="single_task" if against_single else "",
                     baseline_value=median_or_nan(base) if against_single else None,
-                    ratio=paired_ratio(shares[arch][task], base) if against_single else None,
-                    note="sparse task" if task in SPARSE_TASKS else "",
+                    ratio=paired_ratio(shares[name][task], base) if against_single else None,
+                    note=f"AUC {median_or_nan(aucs[name][task]):.3f} "
+                    f"[{low:.3f}, {high:.3f}], {int(labels[task].sum()):,} positives",
+                )
+            )
+    default = cfg.model.architecture
+    if LIGHTGBM in shares and default in shares:
+        for task in ORACLE_TASKS:
+            result.figures.append(
+                Figure(
+                    name=f"{default} (default) over lightgbm: {task} share of oracle lift",
+                    value=median_or_nan(shares[default][task]),
+                    unit="share",
+                    runs=len(seeds),
+                    baseline="lightgbm, same features and split",
+                    baseline_value=median_or_nan(shares[LIGHTGBM][task]),
+                    ratio=paired_ratio(shares[default][task], shares[LIGHTGBM][task]),
                 )
             )
     return kept
+
+
+def feature_matrix(spec: FeatureSpec, split: Split) -> tuple[np.ndarray, list[str], list[str]]:
+    """``[rows, features]`` float32 of the model's inputs: categorical indices (LightGBM
+    splits them as categories), dense and pretrained-embedding columns; their names, and
+    the categorical ones."""
+    categorical = [f.name for f in spec.categorical]
+    numeric = [f.name for f in spec.dense]
+    for emb in spec.embeddings:
+        numeric.extend(emb.columns)
+    names = [*categorical, *numeric]
+    matrix = np.column_stack([split.batch[n].numpy().astype(np.float32) for n in names])
+    return matrix, names, categorical
+
+
+def _lightgbm_scores(
+    ctx: BenchContext, spec: FeatureSpec, splits: dict[str, Split], seeds: list[int]
+) -> TaskScores:
+    """One LightGBM binary classifier per task and seed on the unconditional labels of the
+    same gold rows; early stopping on val AUC. Seeds vary row and feature subsampling."""
+    import lightgbm as lgb
+
+    train_x, names, categorical = feature_matrix(spec, splits["train"])
+    val_x, _, _ = feature_matrix(spec, splits["val"])
+    test_x, _, _ = feature_matrix(spec, splits["test"])
+    family = TaskScores.empty()
+    for seed in seeds:
+        ctx.log(f"part 4: lightgbm, seed {seed}")
+        scores: dict[str, np.ndarray] = {}
+        for task in ORACLE_TASKS:
+            column = label_column(spec, task)
+            params = {
+                "objective": "binary",
+                "metric": "auc",
+                "learning_rate": 0.05,
+                "num_leaves": 31,
+                "min_data_in_leaf": 50,
+                "feature_fraction": 0.8,
+                "bagging_fraction": 0.8,
+                "bagging_freq": 1,
+                "seed": seed,
+                "num_threads": ctx.profile.quality_torch_threads,
+                "verbose": -1,
+            }
+            train_set = lgb.Dataset(
+                train_x, splits["train"].batch[column].numpy(), feature_name=names,
+                categorical_feature=categorical, free_raw_data=False,
+            )
+            val_set = lgb.Dataset(
+                val_x, splits["val"].batch[column].numpy(), reference=train_set
+            )
+            booster = lgb.train(
+                params, train_set, num_boost_round=1000, valid_sets=[val_set],
+                callbacks=[lgb.early_stopping(50, verbose=False)],
+            )
+            scores[task] = np.asarray(
+                booster.predict(test_x, num_iteration=booster.best_iteration)
+            )
+        family.add(scores)
+    return family
 
 
 def _transfer(

@@ -14,6 +14,7 @@ from mtlrec.config import StrictModel
 
 Architecture = Literal["single_task", "shared_bottom", "mmoe", "ple", "esmm"]
 Activation = Literal["relu", "gelu", "silu"]
+ChildLossScale = Literal["batch", "parent_positives"]
 
 
 class CrossConfig(StrictModel):
@@ -64,6 +65,18 @@ class WeightingConfig(StrictModel):
         default_factory=dict,
         description="Fixed weights (and GradNorm / DWA starting scale); a task left out gets "
         "1 (binary) or regression_weight (regression).",
+    )
+    child_loss_scale: ChildLossScale = Field(
+        "batch",
+        description="Scale of a conditional (child) task's loss, e.g. add_to_cart given "
+        "click. batch: summed over the parent's positives, divided by the whole batch, so "
+        "every impression weighs the same in every task. parent_positives: the mean over "
+        "the parent's positives only (~3.6 % of a demo batch), which gives those rows large "
+        "gradients in the shared layers. Measured (docs/model_quality.md; quick benchmark "
+        "dataset, 3 seeds, loop.fit): test click AUC with batch vs parent_positives: "
+        "shared_bottom .740 vs .711, MMoE .740 vs .725, PLE .741 vs .729, single-task "
+        ".740; add_to_cart and purchase 0.01-0.04 lower, inside their bootstrap intervals "
+        "(55 carts, 19 purchases).",
     )
     regression_weight: NonNegativeFloat = Field(
         0.1,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtl_model.architectures import MultiTaskModel
-from mtl_model.config import DistillConfig
+from mtl_model.config import ChildLossScale, DistillConfig
 from mtl_model.features import Batch
 from mtl_model.losses import task_losses
 from mtl_model.metrics import MetricAccumulator
@@ -37,8 +37,9 @@ def distillation_losses(
     teacher_raw: dict[str, Tensor],
     batch: Batch,
     cfg: DistillConfig,
+    child_loss_scale: ChildLossScale,
 ) -> dict[str, Tensor]:
-    hard = task_losses(student, student_raw, batch)
+    hard = task_losses(student, student_raw, batch, child_loss_scale)
     t = cfg.temperature
     out: dict[str, Tensor] = {}
     for task in student.task_names:

@@ -186,9 +186,11 @@ def train_epoch(
                 with torch.no_grad():
                     teacher_raw = teacher(batch)
         if teacher is not None:
-            losses = distillation_losses(core, raw, teacher_raw, batch, cfg.distill)
+            losses = distillation_losses(
+                core, raw, teacher_raw, batch, cfg.distill, cfg.weighting.child_loss_scale
+            )
         else:
-            losses = task_losses(core, raw, batch)
+            losses = task_losses(core, raw, batch, cfg.weighting.child_loss_scale)
         total = weighting.combine(losses, core.gradnorm_parameters)
         if scaler is not None:
             scaler.scale(total).backward()

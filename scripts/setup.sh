@@ -43,7 +43,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install --quiet --upgrade "pip>=24" "setuptools>=77" wheel
 # torch first and alone: with it installed, nothing later can pull a CUDA build.
 "${PIP[@]}" install --quiet "torch==2.13.0"
-"${PIP[@]}" install --quiet -c constraints.txt -e ".[dev]"
+# dev: tests and linters; bench: benchmark-only baselines (LightGBM in part 4).
+"${PIP[@]}" install --quiet -c constraints.txt -e ".[dev,bench]"
 # petastorm's metadata pins setuptools<70, which torch (>=77) contradicts; it runs fine
 # on the newer setuptools (DESIGN.md section 3), so it goes in without its declared deps.
 "${PIP[@]}" install --quiet --no-deps -c constraints.txt "petastorm==0.13.1"

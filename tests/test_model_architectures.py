@@ -63,7 +63,8 @@ def test_forward_and_predict_shapes_dtypes_ranges(architecture: str, data: Funne
 def test_gradients_reach_every_parameter(architecture: str, data: FunnelData) -> None:
     model = _model(architecture, data, cross={"enabled": True, "num_layers": 1, "low_rank": 2})
     weighting = build_weighting(model, TrainConfig().weighting)
-    weighting.combine(task_losses(model, model(data.batch), data.batch), lambda: []).backward()
+    losses = task_losses(model, model(data.batch), data.batch, "batch")
+    weighting.combine(losses, lambda: []).backward()
     missing = [
         name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
     ]
@@ -75,7 +76,7 @@ def test_frozen_shared_layers_get_no_gradient(architecture: str, data: FunnelDat
     model = _model(architecture, data)
     frozen = set(freeze_shared(model))
     assert any(".embeddings." in name for name in frozen)
-    losses = task_losses(model, model(data.batch), data.batch)
+    losses = task_losses(model, model(data.batch), data.batch, "batch")
     torch.stack(list(losses.values())).sum().backward()
     for name, param in model.named_parameters():
         if name in frozen:

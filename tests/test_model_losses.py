@@ -59,9 +59,11 @@ def test_conditional_losses_ignore_rows_where_the_parent_did_not_happen(
     # purchase_value's parent is purchase; these rows have no purchase, so no value is defined.
     unpurchased = batch["purchase"] == 0
     raw = model(batch)
-    base = task_losses(model, raw, batch)
-    cart = task_losses(model, raw, _scramble_where(batch, unclicked, "add_to_cart"))
-    value = task_losses(model, raw, _scramble_where(batch, unpurchased, "purchase_value"))
+    base = task_losses(model, raw, batch, "batch")
+    cart = task_losses(model, raw, _scramble_where(batch, unclicked, "add_to_cart"), "batch")
+    value = task_losses(
+        model, raw, _scramble_where(batch, unpurchased, "purchase_value"), "batch"
+    )
     torch.testing.assert_close(value["purchase_value"], base["purchase_value"])
     if architecture == "esmm":
         # Entire space: pCTCVR is fitted on every impression, so these labels count.
@@ -79,7 +81,7 @@ def test_masked_loss_equals_the_loss_on_the_defined_rows_only(data: FunnelData) 
     click[:10] = float("nan")  # undefined labels are ignored too
     batch["click"] = click
     raw = model(batch)
-    losses = task_losses(model, raw, batch)
+    losses = task_losses(model, raw, batch, "parent_positives")
     clicked = batch["click"] == 1
     expected_purchase = torch.nn.functional.binary_cross_entropy_with_logits(
         raw["purchase"][clicked], batch["purchase"][clicked]
@@ -96,7 +98,7 @@ def test_a_batch_without_defined_rows_gives_zero_loss_and_zero_gradient(data: Fu
     model = _model("mmoe", data)
     batch = {k: v[data.batch["click"] == 0][:16] for k, v in data.batch.items()}
     raw = model(batch)
-    losses = task_losses(model, raw, batch)
+    losses = task_losses(model, raw, batch, "batch")
     assert losses["purchase"].item() == 0.0
     losses["purchase"].backward()
     tower = model.head_modules()[model.task_names.index("purchase")]
@@ -108,7 +110,30 @@ def test_esmm_child_loss_is_cross_entropy_of_the_chained_probability(data: Funne
     raw = model(data.batch)
     p_ctcvr = torch.sigmoid(raw["click"]) * torch.sigmoid(raw["purchase"])
     expected = torch.nn.functional.binary_cross_entropy(p_ctcvr, data.batch["purchase"])
-    torch.testing.assert_close(task_losses(model, raw, data.batch)["purchase"], expected)
+    for scale in ("batch", "parent_positives"):  # no parent mask: the scale does not apply
+        torch.testing.assert_close(task_losses(model, raw, data.batch, scale)["purchase"], expected)
+
+
+def test_batch_scale_divides_a_child_loss_by_the_batch_not_the_parents_positives(
+    data: FunnelData,
+) -> None:
+    model = _model("mmoe", data)
+    raw = model(data.batch)
+    by_batch = task_losses(model, raw, data.batch, "batch")
+    by_parent = task_losses(model, raw, data.batch, "parent_positives")
+    clicked = data.batch["click"] == 1
+    click_rate = clicked.float().mean()
+    assert 0 < click_rate < 1
+    # A child's conditional mean, scaled by its parent's positive rate in the batch ...
+    for child in ("add_to_cart", "purchase"):
+        torch.testing.assert_close(by_batch[child], by_parent[child] * click_rate)
+    # ... a grandchild by its parent's (purchase given click given impression) ...
+    purchase_rate = (data.batch["purchase"] == 1).float().mean()
+    torch.testing.assert_close(
+        by_batch["purchase_value"], by_parent["purchase_value"] * purchase_rate
+    )
+    # ... and a task without a parent is the same under both.
+    torch.testing.assert_close(by_batch["click"], by_parent["click"])
 
 
 def _train(model: MultiTaskModel, data: FunnelData, strategy: str, epochs: int = 1) -> tuple:

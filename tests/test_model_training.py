@@ -198,7 +198,7 @@ def test_distillation_soft_loss_vanishes_when_student_equals_teacher(
     raw = trained_mmoe(batch)
     cfg = TRAIN.distill.model_copy(update={"alpha": 0.0})
     losses = distillation_losses(
-        trained_mmoe, raw, {k: v.detach() for k, v in raw.items()}, batch, cfg
+        trained_mmoe, raw, {k: v.detach() for k, v in raw.items()}, batch, cfg, "batch"
     )
     trained_mmoe.zero_grad()
     torch.stack(list(losses.values())).sum().backward()
