@@ -155,7 +155,12 @@ def test_scoring_features_and_scores_equal_the_training_code_path(
         F.col("dt").isin(days_before(plan.day, cfg.score.candidates.history_days))
     )
     slots = user_context(
-        pairs.select("user_id").distinct(), recent, cfg.score.context, plan.context, plan.day
+        pairs.select("user_id").distinct(),
+        recent,
+        cfg.score.context,
+        plan.context,
+        plan.day,
+        cfg.features.gold.position_buckets,
     ).toPandas()
     # The same slot as training rows carry it: an event_ts at the chosen hour on a date
     # with the chosen weekday (the day's own unless training never saw it; event_ts feeds
