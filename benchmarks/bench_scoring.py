@@ -141,8 +141,9 @@ def run(ctx: BenchContext) -> PartResult:
             pairs = spark.createDataFrame(written_pairs(plan))
             history = history_events(spark, lake, cfg.score, cfg.features.gold, plan.day)
             features = scoring_features(
-                spark, lake, cfg.score, cfg.features.gold, plan, pairs, history
-            )
+                spark, lake, cfg.score, cfg.features.gold, plan, pairs,
+                pairs.select("user_id").distinct(), history,
+            )  # fmt: skip
             frames.append(features.select(*columns.names()).toPandas())
 
         def forward(frames: list[pd.DataFrame] = frames, step: int = cfg.score.batch_size) -> None:

@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     pairs = spark.createDataFrame(
         logged[["user_id", "item_id"]].drop_duplicates(), "user_id string, item_id string"
     )
+    users = pairs.select("user_id").distinct()
     features = scoring_features(
-        spark, lake, cfg.score, cfg.features.gold, plan, pairs, history
+        spark, lake, cfg.score, cfg.features.gold, plan, pairs, users, history
     ).toPandas()
     history.unpersist()
     scored = logged[["user_id", "item_id"]].merge(features, on=["user_id", "item_id"])

@@ -593,10 +593,13 @@ def scoring_features(
     gold: GoldConfig,
     plan: ScoringPlan,
     pairs: DataFrame,
+    users: DataFrame,
     history: DataFrame,
 ) -> DataFrame:
     """(user_id, item_id, price) and the model contract's columns for (user_id, item_id)
-    ``pairs`` as of the scoring day, in each user's slot context; ``history`` from
+    ``pairs`` as of the scoring day, in each user's slot context; ``users`` holds each
+    user_id of the pairs once (the job passes its persisted users: deriving them from the
+    pairs would run candidate generation a second time); ``history`` from
     ``history_events``. The build's vocabulary and text embeddings, at its versions."""
     versions = plan.build.versions
     vocabulary = lake.read_table(spark, GOLD_VOCABULARY, version=versions[GOLD_VOCABULARY])
@@ -607,7 +610,6 @@ def scoring_features(
         if plan.build.ref.text_fingerprint is not None and text_version is not None
         else None
     )
-    users = pairs.select("user_id").distinct()
     # User-side aggregates read only the scored users' events: a --users list of 100 users
     # must not pay for every user of the history window.
     theirs = history.join(users, "user_id", "left_semi")
@@ -671,7 +673,7 @@ def recommend(
                                   score.candidates)  # fmt: skip
     popular = popular_items(ranked_items, score.candidates)
     pairs = candidates(users, recent, ranked_items, popular, score.candidates)
-    features = scoring_features(spark, lake, score, gold, plan, pairs, history)
+    features = scoring_features(spark, lake, score, gold, plan, pairs, users, history)
     by_user = Window.partitionBy("user_id").orderBy(F.col("final_score").desc(), "item_id")
     return (
         model_scores(spark, score, plan, features)
