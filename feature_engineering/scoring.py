@@ -29,7 +29,8 @@ left null (the default) comes from one of the user's own logged impressions of t
 history window, drawn by a hash of user, impression and day, the same impression for
 page, position, device and hour so their joint distribution is the logged one. Averaged
 over users, the per-task scores are then what the model predicts for logged traffic; a
-fixed slot (page home, position 1) inflated p(click) by the position bias. A user
+fixed slot (page home, position 1) scores every pair as if shown first, which a model
+that learned the position bias rates above logged traffic. A user
 without logged impressions gets training's most frequent values. Every context value
 must be one training contained: the model never sees an index it never learned.
 """

@@ -78,10 +78,10 @@ class SlotContext(StrictModel):
     from one of the user's own logged impressions of the history window, drawn per user
     and day by a hash (the same impression for every null field, so their joint
     distribution is the logged one): the per-task scores then average, over users, to
-    what the model predicts for logged traffic, which a fixed slot (page home, position
-    1) would inflate. Users without logged impressions get training's most frequent
-    values. Scoring all of a user's candidates in one slot keeps position bias out of
-    the ranking.
+    what the model predicts for logged traffic (a fixed slot, page home position 1, is
+    rated as if every pair were shown first). Users without logged impressions get
+    training's most frequent values. Scoring all of a user's candidates in one slot keeps
+    position bias out of the ranking.
     """
 
     page: str | None = None
