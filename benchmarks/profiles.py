@@ -55,11 +55,12 @@ class BenchProfile(StrictModel):
     student_tower_hidden: list[int] = Field(default_factory=lambda: [8])
     student_embedding_dim: int = Field(4, gt=0)
     # part 5
-    scoring_users: list[int] = Field(
-        default_factory=lambda: [100],
+    scoring_pairs: list[int] = Field(
+        default_factory=lambda: [10_000],
         min_length=1,
-        description="Part 5: users scored per row, each x score.candidates.per_user pairs "
-        "(a small size shows fixed costs; >= 10,000 users = >= 1M pairs the cost per pair).",
+        description="Part 5: user-item pairs scored per row: pairs / score.candidates.per_user "
+        "users, or every user of the dataset with as many candidates each as it takes when "
+        "it holds fewer (a small size shows fixed costs; >= 1M pairs the cost per pair).",
     )
 
     @field_validator("feature_lines")
@@ -79,7 +80,7 @@ PROFILES: dict[str, BenchProfile] = {
         train_epochs=2,
         quality_epochs=2,
         transfer_target_rows=10_000,
-        scoring_users=[100],
+        scoring_pairs=[10_000],
     ),
     "full": BenchProfile(
         name="full",
@@ -89,6 +90,6 @@ PROFILES: dict[str, BenchProfile] = {
         train_epochs=3,
         quality_epochs=4,
         transfer_target_rows=50_000,
-        scoring_users=[100, 10_000],
+        scoring_pairs=[10_000, 250_000, 1_000_000],
     ),
 }

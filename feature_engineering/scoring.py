@@ -24,12 +24,15 @@ with the gold functions (``feature_engineering.point_in_time``) from the silver 
 the look-back window: gold's feature tables exist only for the days gold wrote (not for
 the default scoring day, the day after the last) and hold no affinity maps.
 
-The slot context (see ``SlotContext``): the page and position are configured (every
-candidate at the same slot: no position bias in the ranking); the weekday is the scoring
-day's; what batch scoring cannot know, the hour and device, is each user's most frequent
-over the history window's events (the context the user is usually seen in), else the
-most frequent in training. Every context value must be one training contained: the model
-never sees an index it never learned.
+The slot context (see ``SlotContext``): the weekday is the scoring day's; every field
+left null (the default) comes from one of the user's own logged impressions of the
+history window, drawn by a hash of user, impression and day, the same impression for
+page, position, device and hour so their joint distribution is the logged one. Averaged
+over users, the per-task scores are then what the model predicts for logged traffic; a
+fixed slot (page home, position 1) scores every pair as if shown first, which a model
+that learned the position bias rates above logged traffic. A user
+without logged impressions gets training's most frequent values. Every context value
+must be one training contained: the model never sees an index it never learned.
 """
 
 from __future__ import annotations
@@ -119,6 +122,8 @@ ITEM_SOURCES = {
     "cat_brand": "brand",
 }
 assert set(USER_SOURCES) | set(ITEM_SOURCES) == set(CATEGORICAL_SOURCES)
+# Vocabularies up to this many values are applied as literal maps (SmallVocabularies).
+MAP_MAX_VALUES = 4096
 _log = get_logger("scoring")
 
 
@@ -150,6 +155,34 @@ class ContextValues:
 
 
 @dataclass(frozen=True)
+class SmallVocabularies:
+    """The build's vocabulary rows of every feature with at most ``MAP_MAX_VALUES`` values
+    (everything but users and items on a real lake): feature -> value -> (index, count).
+
+    Read once on the driver and applied as literal maps: one projection instead of a join,
+    and a broadcast job that reads the vocabulary table, per feature. Users and items, whose
+    vocabularies grow with the data, stay joins (nothing per user on the driver).
+    """
+
+    rows: Mapping[str, Mapping[str, tuple[int, int]]]
+
+    def index_map(self, feature: str) -> Column:
+        """A map column value -> index of ``feature`` (its vocabulary must be small)."""
+        pairs = sorted((value, index) for value, (index, _) in self.rows[feature].items())
+        if not pairs:
+            return F.create_map().cast("map<string,bigint>")
+        return F.create_map(*[F.lit(x) for pair in pairs for x in pair])
+
+    def context(self) -> ContextValues:
+        return ContextValues(
+            {
+                feature: {value: count for value, (_, count) in self.rows.get(feature, {}).items()}
+                for feature in CONTEXT_FEATURES
+            }
+        )
+
+
+@dataclass(frozen=True)
 class ScoringPlan:
     """The validated inputs of one scoring run."""
 
@@ -157,10 +190,14 @@ class ScoringPlan:
     payload: bytes
     spec: FeatureSpec
     build: GoldBuild
-    context: ContextValues
+    vocabularies: SmallVocabularies
     model_version: str
     day: str
     scored_at: dt.datetime
+
+    @property
+    def context(self) -> ContextValues:
+        return self.vocabularies.context()
 
 
 def read_model_bytes(path: str, lake: Lake) -> bytes:
@@ -225,21 +262,47 @@ def check_final_score(spec: FeatureSpec, cfg: FinalScoreConfig, lake: Lake) -> N
             )
 
 
-def context_values(lake: Lake, build: GoldBuild) -> ContextValues:
-    """The build's vocabulary rows of the context features (a few hundred rows)."""
-    version = build.ref.vocabulary_version
-    counts: dict[str, dict[str, int]] = {f: {} for f in CONTEXT_FEATURES}
-    for uri in lake.snapshot_files(GOLD_VOCABULARY, version=version):
+def small_vocabularies(lake: Lake, build: GoldBuild) -> SmallVocabularies:
+    """The build's vocabulary rows of its small features (``SmallVocabularies``), read file
+    by file; the large ones (users, items) are skipped by their size in the spec."""
+    small = [
+        f.name
+        for f in build.spec.categorical
+        if f.vocab_size <= MAP_MAX_VALUES or f.name in CONTEXT_FEATURES
+    ]
+    rows: dict[str, dict[str, tuple[int, int]]] = {f: {} for f in small}
+    wanted = pa.array(small, pa.string())
+    for uri in lake.snapshot_files(GOLD_VOCABULARY, version=build.ref.vocabulary_version):
         filesystem, path = lake.storage.filesystem_for(uri)
         for batch in pq.ParquetFile(path, filesystem=filesystem).iter_batches(
-            columns=["feature", "value", "count"]
+            columns=["feature", "value", "index", "count"]
         ):
-            rows = batch.filter(
-                pc.is_in(batch.column("feature"), value_set=pa.array(list(CONTEXT_FEATURES)))
-            )
-            for row in rows.to_pylist():
-                counts[row["feature"]][row["value"]] = int(row["count"])
-    return ContextValues(counts)
+            kept = batch.filter(pc.is_in(batch.column("feature"), value_set=wanted))
+            for row in kept.to_pylist():
+                rows[row["feature"]][row["value"]] = (int(row["index"]), int(row["count"]))
+    return SmallVocabularies(rows)
+
+
+def encode_categoricals(
+    frame: DataFrame,
+    vocabulary: DataFrame,
+    small: SmallVocabularies,
+    sources: Mapping[str, str],
+) -> DataFrame:
+    """``apply_vocabulary``'s int64 index columns (0 = not in the vocabulary): small
+    vocabularies through their literal maps, the others through joins."""
+    joined = {f: raw for f, raw in sources.items() if f not in small.rows}
+    frame = apply_vocabulary(frame, vocabulary, joined)
+    return frame.select(
+        "*",
+        *[
+            F.coalesce(small.index_map(f)[F.col(raw).cast("string")], F.lit(0))
+            .cast("long")
+            .alias(f)
+            for f, raw in sources.items()
+            if f in small.rows
+        ],
+    )
 
 
 def check_context(context: SlotContext, values: ContextValues, gold: GoldConfig) -> None:
@@ -258,11 +321,8 @@ def check_context(context: SlotContext, values: ContextValues, gold: GoldConfig)
         if value is not None and not values.known(feature, value):
             raise ScoringInputError(
                 f"score.context.{setting}={value!r} never occurs in training "
-                f"(known: {values.values(feature)}): choose one of those"
-            )
-        if value is None and setting in ("page", "position"):
-            raise ScoringInputError(
-                f"score.context.{setting} must be set: training never saw an unknown {setting}"
+                f"(known: {values.values(feature)}): choose one of those, or null for the "
+                f"user's logged context"
             )
 
 
@@ -295,14 +355,14 @@ def plan_scoring(
     artifact = model_from_bytes(payload, model)
     build = resolve_build(lake, artifact.spec, artifact.gold_build)
     check_final_score(artifact.spec, score.final_score, lake)
-    values = context_values(lake, build)
-    check_context(score.context, values, gold)
+    vocabularies = small_vocabularies(lake, build)
+    check_context(score.context, vocabularies.context(), gold)
     return ScoringPlan(
         table=table,
         payload=payload,
         spec=artifact.spec,
         build=build,
-        context=values,
+        vocabularies=vocabularies,
         model_version=score.model_version or model_version_of(payload),
         day=scoring_date,
         scored_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
@@ -329,68 +389,78 @@ def spark_weekday(day: str) -> str:
     return str((dt.date.fromisoformat(day).weekday() + 1) % 7 + 1)
 
 
-def _most_frequent(events: DataFrame, column: Column, allowed: list[str], name: str) -> DataFrame:
-    """(user_id, ``name``): each user's most frequent ``allowed`` value (ties: smallest)."""
-    counted = (
-        events.select("user_id", column.alias(name))
-        .where(F.col(name).isin(allowed))
-        .groupBy("user_id", name)
-        .count()
+def logged_slot(events: DataFrame, day: str) -> DataFrame:
+    """(user_id, page, position, device, hour): one of each user's logged impressions in
+    ``events``, drawn by a hash of the user, the impression and ``day`` (reproducible; a
+    different draw each day)."""
+    impressions = events.where(F.col("event_type") == "impression").select(
+        "user_id",
+        F.struct(
+            "page",
+            "position",
+            "device",
+            F.hour("event_ts").cast("string").alias("hour"),
+        ).alias("slot"),
+        F.xxhash64("user_id", "item_id", "event_ts", "position", F.lit(day)).alias("draw"),
     )
-    order = Window.partitionBy("user_id").orderBy(F.col("count").desc(), F.col(name))
     return (
-        counted.withColumn("_n", F.row_number().over(order))
-        .where(F.col("_n") == 1)
-        .select("user_id", name)
+        impressions.groupBy("user_id")
+        .agg(F.min_by("slot", "draw").alias("slot"))
+        .select("user_id", "slot.page", "slot.position", "slot.device", "slot.hour")
     )
 
 
 def user_context(
-    users: DataFrame, events: DataFrame, context: SlotContext, values: ContextValues, day: str
+    users: DataFrame,
+    events: DataFrame,
+    context: SlotContext,
+    values: ContextValues,
+    day: str,
+    position_buckets: list[int],
 ) -> DataFrame:
-    """(user_id, page, position_bucket, device, hour, weekday): the slot each user is scored
-    in, every value one training contained (see the module docstring). ``events`` are
-    silver events of the history window.
+    """(user_id, page, position, device, hour, weekday): the slot each user is scored in,
+    every value one training contained (see the module docstring). ``events`` are silver
+    events of the history window.
+
+    A configured ``score.context`` value is used as it is; an unset one is taken from one
+    of the user's own logged impressions (``logged_slot``), the same impression for every
+    unset feature so their joint distribution is the logged one; a user without logged
+    impressions, or whose drawn value training never contained, gets training's most
+    frequent value.
     """
-
-    def trained(feature: str, value: str | None) -> Column:
-        # A feature training only ever saw unknown (null) stays unknown: index 0 is then
-        # the row the model learned.
-        return F.lit(value if values.values(feature) else None).cast("string")
-
     weekday = spark_weekday(day)
     if values.values("cat_weekday") and not values.known("cat_weekday", weekday):
         # Training never saw this weekday (a log shorter than a week): its index would be
         # the untrained OOV row, so score under training's most frequent weekday instead.
         _log.warning("weekday %s of %s is not in training; using the most frequent", weekday, day)
         weekday = values.most_frequent("cat_weekday")
-    frame = users.select("user_id")
-    for setting, feature, name, column in (
-        (context.device, "cat_device", "device", F.col("device")),
-        (
-            None if context.hour_utc is None else str(context.hour_utc),
-            "cat_hour",
-            "hour",
-            F.hour("event_ts").cast("string"),
-        ),
-    ):
-        if setting is not None or not values.values(feature):
-            frame = frame.withColumn(name, trained(feature, setting))
-            continue
-        usual = _most_frequent(events, column, values.values(feature), name)
-        frame = frame.join(usual, "user_id", "left").withColumn(
-            name, F.coalesce(F.col(name), F.lit(values.most_frequent(feature)))
-        )
-    return frame.select(
-        "user_id",
-        trained("cat_page", context.page).alias("page"),
-        F.lit(context.position if values.values("cat_position_bucket") else None)
-        .cast("int")
-        .alias("position"),
-        "device",
-        "hour",
-        trained("cat_weekday", weekday).alias("weekday"),
-    )
+    bucket = position_bucket(F.col("position"), position_buckets)
+    settings: list[tuple[str, str, str | int | None, Column]] = [
+        ("page", "cat_page", context.page, F.col("page")),
+        ("position", "cat_position_bucket", context.position, bucket),
+        ("device", "cat_device", context.device, F.col("device")),
+        ("hour", "cat_hour", None if context.hour_utc is None else str(context.hour_utc),
+         F.col("hour")),
+        ("weekday", "cat_weekday", weekday, F.lit(weekday)),
+    ]  # fmt: skip
+    frame = users.select("user_id").join(logged_slot(events, day), "user_id", "left")
+    columns = []
+    for name, feature, setting, label in settings:
+        kind = "int" if name == "position" else "string"
+        if not values.values(feature):
+            # Training only ever saw this feature unknown (a log without devices, say):
+            # null maps to index 0, the row the model learned.
+            column = F.lit(None)
+        elif setting is not None:
+            column = F.lit(setting)
+        else:
+            fallback: str | int = values.most_frequent(feature)
+            if name == "position":  # the lowest position of the most frequent bucket
+                fallback = int(str(fallback).split("-")[0].rstrip("+"))
+            known = label.isin(values.values(feature))
+            column = F.when(known, F.col(name)).otherwise(F.lit(fallback))
+        columns.append(column.cast(kind).alias(name))
+    return frame.select("user_id", *columns)
 
 
 def user_rows(
@@ -399,6 +469,7 @@ def user_rows(
     silver_users: DataFrame,
     slots: DataFrame,
     vocabulary: DataFrame,
+    small: SmallVocabularies,
     day: str,
     cfg: GoldConfig,
 ) -> DataFrame:
@@ -417,7 +488,7 @@ def user_rows(
         .join(slots, "user_id", "left")
         .withColumn("position_bucket", position_bucket(F.col("position"), cfg.position_buckets))
     )
-    return apply_vocabulary(frame, vocabulary, USER_SOURCES)
+    return encode_categoricals(frame, vocabulary, small, USER_SOURCES)
 
 
 def item_rows(
@@ -425,6 +496,7 @@ def item_rows(
     events: DataFrame,
     text: DataFrame | None,
     vocabulary: DataFrame,
+    small: SmallVocabularies,
     day: str,
     cfg: GoldConfig,
 ) -> DataFrame:
@@ -454,7 +526,7 @@ def item_rows(
     if text is not None:
         text_columns = [c for c in text.columns if c != "item_id"]
         frame = frame.join(text, "item_id", "left").fillna(dict.fromkeys(text_columns, 0.0))
-    return apply_vocabulary(frame, vocabulary, ITEM_SOURCES)
+    return encode_categoricals(frame, vocabulary, small, ITEM_SOURCES)
 
 
 def pair_features(
@@ -509,7 +581,8 @@ def history_events(
     return lake.read_table(
         spark, SILVER_EVENTS, filters=[("dt", "in", days_before(day, window))]
     ).where(F.col("ingest_dt") < day).select(
-        "user_id", "item_id", "event_type", "event_ts", "dt", "ingest_dt", "item_price", "device",
+        "user_id", "item_id", "event_type", "event_ts", "dt", "ingest_dt", "item_price",
+        "page", "position", "device",
         *sorted({*AFFINITY_DIMENSIONS, *TOP_DIMENSIONS}),
     )  # fmt: skip
 
@@ -521,30 +594,37 @@ def scoring_features(
     gold: GoldConfig,
     plan: ScoringPlan,
     pairs: DataFrame,
+    users: DataFrame,
     history: DataFrame,
 ) -> DataFrame:
     """(user_id, item_id, price) and the model contract's columns for (user_id, item_id)
-    ``pairs`` as of the scoring day, in each user's slot context; ``history`` from
+    ``pairs`` as of the scoring day, in each user's slot context; ``users`` holds each
+    user_id of the pairs once (the job passes its persisted users: deriving them from the
+    pairs would run candidate generation a second time); ``history`` from
     ``history_events``. The build's vocabulary and text embeddings, at its versions."""
     versions = plan.build.versions
     vocabulary = lake.read_table(spark, GOLD_VOCABULARY, version=versions[GOLD_VOCABULARY])
+    small = plan.vocabularies
     text_version = versions.get(GOLD_ITEM_TEXT_EMBEDDINGS)
     text = (
         lake.read_table(spark, GOLD_ITEM_TEXT_EMBEDDINGS, version=text_version)
         if plan.build.ref.text_fingerprint is not None and text_version is not None
         else None
     )
-    users = pairs.select("user_id").distinct()
     # User-side aggregates read only the scored users' events: a --users list of 100 users
     # must not pay for every user of the history window.
     theirs = history.join(users, "user_id", "left_semi")
     recent = theirs.where(F.col("dt").isin(days_before(plan.day, score.candidates.history_days)))
-    slots = user_context(users, recent, score.context, plan.context, plan.day)
+    slots = user_context(
+        users, recent, score.context, plan.context, plan.day, gold.position_buckets
+    )
     silver_users = lake.read_table(spark, SILVER_USERS)
     return pair_features(
         pairs,
-        user_rows(users, theirs, silver_users, slots, vocabulary, plan.day, gold),
-        item_rows(lake.read_table(spark, SILVER_ITEMS), history, text, vocabulary, plan.day, gold),
+        user_rows(users, theirs, silver_users, slots, vocabulary, small, plan.day, gold),
+        item_rows(
+            lake.read_table(spark, SILVER_ITEMS), history, text, vocabulary, small, plan.day, gold
+        ),
         gold,
         embedding_columns(gold.text) if text is not None else [],
     )
@@ -594,7 +674,7 @@ def recommend(
                                   score.candidates)  # fmt: skip
     popular = popular_items(ranked_items, score.candidates)
     pairs = candidates(users, recent, ranked_items, popular, score.candidates)
-    features = scoring_features(spark, lake, score, gold, plan, pairs, history)
+    features = scoring_features(spark, lake, score, gold, plan, pairs, users, history)
     by_user = Window.partitionBy("user_id").orderBy(F.col("final_score").desc(), "item_id")
     return (
         model_scores(spark, score, plan, features)

@@ -70,20 +70,23 @@ class CandidateConfig(StrictModel):
 
 
 class SlotContext(StrictModel):
-    """The context the recommendations are shown in, fed to the model for every pair.
+    """The context the recommendations are scored in, the same for all of a user's pairs.
 
     Every value is one training contained (``feature_engineering.scoring``): a configured
     page, device, position or hour that never occurs in the training vocabulary stops the
-    job (exit 2). The weekday is the scoring day's. What batch scoring cannot know is
-    taken from the user's own logged context: ``device`` / ``hour_utc`` null means the
-    user's most frequent device / UTC hour over the history window (else training's most
-    frequent). Scoring every candidate at the same position removes position bias from
-    the ranking.
+    job (exit 2). The weekday is the scoring day's. A null field (the default) is taken
+    from one of the user's own logged impressions of the history window, drawn per user
+    and day by a hash (the same impression for every null field, so their joint
+    distribution is the logged one): the per-task scores then average, over users, to
+    what the model predicts for logged traffic (a fixed slot, page home position 1, is
+    rated as if every pair were shown first). Users without logged impressions get
+    training's most frequent values. Scoring all of a user's candidates in one slot keeps
+    position bias out of the ranking.
     """
 
-    page: str | None = "home"
+    page: str | None = None
     device: str | None = None
-    position: int | None = Field(1, ge=1)
+    position: int | None = Field(None, ge=1)
     hour_utc: int | None = Field(
         None, ge=0, le=23, description="Hour of the scoring day the slot is shown at (UTC)."
     )

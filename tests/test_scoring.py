@@ -136,6 +136,10 @@ def history(spark: SparkSession, built: Pipeline, plan: ScoringPlan) -> DataFram
     return frame.persist(StorageLevel.MEMORY_AND_DISK)
 
 
+def _users_of(pairs: DataFrame) -> DataFrame:
+    return pairs.select("user_id").distinct()
+
+
 def _forward(built: Pipeline, frame: pd.DataFrame) -> pd.DataFrame:
     artifact = load_artifact(built.model())
     return predict_frame(artifact.build(), frame, feature_columns(artifact.spec))
@@ -150,12 +154,19 @@ def test_scoring_features_and_scores_equal_the_training_code_path(
     sample = recs.sample(n=min(40, len(recs)), random_state=3)[["user_id", "item_id"]]
     pairs = spark.createDataFrame(sample, "user_id string, item_id string")
     cfg = built.cfg
-    mine = scoring_features(spark, built.lake, cfg.score, cfg.features.gold, plan, pairs, history)
+    mine = scoring_features(
+        spark, built.lake, cfg.score, cfg.features.gold, plan, pairs, _users_of(pairs), history
+    )
     recent = history.where(
         F.col("dt").isin(days_before(plan.day, cfg.score.candidates.history_days))
     )
     slots = user_context(
-        pairs.select("user_id").distinct(), recent, cfg.score.context, plan.context, plan.day
+        pairs.select("user_id").distinct(),
+        recent,
+        cfg.score.context,
+        plan.context,
+        plan.day,
+        cfg.features.gold.position_buckets,
     ).toPandas()
     # The same slot as training rows carry it: an event_ts at the chosen hour on a date
     # with the chosen weekday (the day's own unless training never saw it; event_ts feeds
@@ -222,7 +233,7 @@ def test_logged_impressions_scored_in_the_default_context_keep_their_calibration
     )
     cfg = built.cfg
     features = scoring_features(
-        spark, built.lake, cfg.score, cfg.features.gold, plan, pairs, history
+        spark, built.lake, cfg.score, cfg.features.gold, plan, pairs, _users_of(pairs), history
     ).toPandas()
     through_scoring = logged[["user_id", "item_id"]].merge(
         features, on=["user_id", "item_id"], how="left"
