@@ -158,6 +158,7 @@ def cluster() -> Iterator[Cluster]:
         MTLREC_SPARK_UI_PORT=str(ui),
         MTLREC_SPARK_WORKER_UI_PORT=str(worker_ui),
         MTLREC_RAY_PORT=str(_free_port()),
+        MTLREC_RAY_DASHBOARD_PORT=str(_free_port()),
     )
     handle = Cluster(
         folder,
