@@ -145,11 +145,11 @@ def _registered_checkpoints(run_dir: Path) -> int:
     return len(snapshot.get("checkpoint_results", []))
 
 
-def _final(runs: Path, name: str) -> dict[str, float]:
+def _final(runs: Path, name: str) -> dict[str, float | None]:
     metrics = json.loads((runs / name / "metrics.json").read_text())
     epochs = [int(record["epoch"]) for record in metrics["history"]]
     _check(epochs == list(range(EPOCHS)), f"{name}: epochs {epochs}")
-    final: dict[str, float] = metrics["final"]
+    final: dict[str, float | None] = metrics["final"]
     return final
 
 
@@ -165,6 +165,8 @@ def ray_node_killed_mid_run(folder: Path, runs: Path, overrides: list[str]) -> N
     os.killpg(node_pid, signal.SIGKILL)
     registered = _registered_checkpoints(runs / "faults-killed")
     print(f"  killed ray-node-1 (process group {node_pid}) with {registered} checkpoint(s)")
+    while Path(f"/proc/{node_pid}").exists():  # `restart` refuses while the pid lives
+        time.sleep(0.1)
     restarted = subprocess.run(
         ["scripts/cluster.sh", "restart", "ray-node-1"],
         cwd=ROOT,
@@ -177,14 +179,18 @@ def ray_node_killed_mid_run(folder: Path, runs: Path, overrides: list[str]) -> N
     for line in [x for x in log.splitlines() if "RETRY" in x or "died" in x.lower()][:4]:
         print(f"  | {line[:160]}")
     _check(registered < EPOCHS, "the kill came before the last epoch's checkpoint")
-    _check(log.count("epoch 0: ") == 1, "epoch 0 ran once: resumed from its checkpoint")
+    # `ray job submit` may show a worker's line twice; a rerun epoch logs a different one.
+    epoch_0 = {x for x in log.splitlines() if "mtlrec.train: epoch 0: " in x}
+    _check(len(epoch_0) == 1, "epoch 0 ran once: resumed from its checkpoint")
     got = _final(runs, "faults-killed")
     for task in BINARY_TASKS:
         key = f"test/{task}/auc"
-        diff = abs(got[key] - want[key])
-        _check(
-            diff <= AUC_TOLERANCE, f"{key} {got[key]:.4f} vs {want[key]:.4f} (|diff| {diff:.4f})"
-        )
+        mine, theirs = got[key], want[key]
+        if mine is None or theirs is None:  # a test day without a positive
+            _check(mine is theirs, f"{key} undefined in both runs")
+            continue
+        diff = abs(mine - theirs)
+        _check(diff <= AUC_TOLERANCE, f"{key} {mine:.4f} vs {theirs:.4f} (|diff| {diff:.4f})")
 
 
 def main() -> None:
