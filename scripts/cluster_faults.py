@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +156,8 @@ def _final(runs: Path, name: str) -> dict[str, float | None]:
 
 def ray_node_killed_mid_run(folder: Path, runs: Path, overrides: list[str]) -> None:
     print(f"2. Ray worker node killed after the first checkpoint of a {EPOCHS}-epoch run")
+    for name in ("faults-clean", "faults-killed"):  # an earlier run's checkpoints would count
+        shutil.rmtree(runs / name, ignore_errors=True)
     _log_of(_train("faults-clean", overrides), "the undisturbed run")
     want = _final(runs, "faults-clean")
 
