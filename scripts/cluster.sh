@@ -16,7 +16,8 @@
 #
 # Ray 2.55's core servers listen on all interfaces (hard-coded), so where Linux allows it
 # the Ray nodes run in a private network namespace that holds only loopback
-# (mtlrec/private_network.py); `run` enters it, with RAY_ADDRESS set. Spark binds to
+# (mtlrec/private_network.py); `run` and `train` enter it, with RAY_ADDRESS (the GCS) and
+# RAY_API_SERVER_ADDRESS (the dashboard's job server, on 127.0.0.1) set. Spark binds to
 # 127.0.0.1 itself (SPARK_LOCAL_IP, --host).
 #
 # Ports (environment): MTLREC_SPARK_PORT (7077), MTLREC_SPARK_UI_PORT (8080),
