@@ -7,15 +7,17 @@
 #   scripts/cluster.sh up [--config FILE] [--set k=v ...]   start it (sizes from the config)
 #   scripts/cluster.sh status                                what runs, and where
 #   scripts/cluster.sh run COMMAND...                        run COMMAND where Ray is reachable
+#   scripts/cluster.sh train [jobs.train ARGS...]            `ray job submit` the training job
 #   scripts/cluster.sh restart NAME                          start a stopped node again
 #   scripts/cluster.sh down                                  stop exactly what `up` started
 #
 # Spark jobs:  scripts/submit.sh --master spark://127.0.0.1:7077 jobs/build_features.py ...
-# Training:    scripts/cluster.sh run .venv/bin/python -m jobs.train --ray-address auto ...
+# Training:    scripts/cluster.sh train --set run.name=oncluster   (ray job submit ... jobs.train)
 #
 # Ray 2.55's core servers listen on all interfaces (hard-coded), so where Linux allows it
 # the Ray nodes run in a private network namespace that holds only loopback
-# (mtlrec/private_network.py); `run` enters it, with RAY_ADDRESS set. Spark binds to
+# (mtlrec/private_network.py); `run` and `train` enter it, with RAY_ADDRESS (the GCS) and
+# RAY_API_SERVER_ADDRESS (the dashboard's job server, on 127.0.0.1) set. Spark binds to
 # 127.0.0.1 itself (SPARK_LOCAL_IP, --host).
 #
 # Ports (environment): MTLREC_SPARK_PORT (7077), MTLREC_SPARK_UI_PORT (8080),
@@ -109,15 +111,6 @@ up() {
   SPARK_HOME="$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
   export SPARK_HOME
   export -p | grep -E ' (SPARK_|PYSPARK_PYTHON|RAY_DISABLE)' >"$DIR/pids/env.sh"
-  local master="spark://127.0.0.1:$spark_port" ui="http://127.0.0.1:$ui_port"
-  launch spark-master "$ROOT/.venv/bin/spark-class" org.apache.spark.deploy.master.Master \
-    --host 127.0.0.1 --port "$spark_port" --webui-port "$ui_port"
-  for i in $(seq 1 "$SPARK_WORKERS"); do
-    launch "spark-worker-$i" "$ROOT/.venv/bin/spark-class" org.apache.spark.deploy.worker.Worker \
-      --host 127.0.0.1 --cores "$SPARK_WORKER_CORES" --memory "$SPARK_WORKER_MEMORY" \
-      --webui-port "$((worker_ui + i - 1))" --work-dir "$DIR/spark-work-$i" "$master"
-  done
-
   # Ray: a namespace holding only loopback (kept alive by a sleeping process), the head
   # and the worker nodes inside it. A private --temp-dir: nothing under /tmp/ray.
   RAY_NETNS_PID=""
@@ -129,23 +122,30 @@ up() {
   else
     echo "cluster: warning: Ray runs on the host network ($netns_blocker): its core servers listen on all interfaces" >&2
   fi
-  local ray_address="127.0.0.1:$ray_port" dashboard=()
-  local dashboard_url="none (needs ray[default], not in the pinned stack)"
-  if (cd "$ROOT" && "$PY" -c 'import aiohttp' 2>/dev/null); then
-    dashboard=(--include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$dash_port")
-    dashboard_url="http://127.0.0.1:$dash_port"
-  else
-    dashboard=(--include-dashboard false)
-  fi
+  # The dashboard holds the job server `ray job submit` talks to (ray[default]).
+  local ray_address="127.0.0.1:$ray_port" dashboard_url="http://127.0.0.1:$dash_port"
+  local dashboard=(--include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$dash_port")
   ray_network
   local common=(--block --node-ip-address 127.0.0.1 --num-cpus "$RAY_NODE_CPUS"
     --temp-dir "$DIR/ray" --disable-usage-stats)
-  launch ray-head "${RAY_NETWORK[@]}" "$ROOT/.venv/bin/ray" start --head --port "$ray_port" \
+  launch ray-head "${RAY_NETWORK[@]}" "$PY" "$ROOT/scripts/local_cluster.py" ray-start --head --port "$ray_port" \
     "${dashboard[@]}" "${common[@]}"
-  sleep 5  # the worker nodes register with the head's GCS
+  # The head alone first: a loaded machine starting JVMs and nodes at once is slow to
+  # register the head's raylet, and the other nodes need it registered.
+  "${RAY_NETWORK[@]}" env -u RAY_ADDRESS "$PY" "$ROOT/scripts/local_cluster.py" wait-ray \
+    "$ray_address" 1 180 >/dev/null 2>>"$DIR/logs/wait-ray.log"
   for i in $(seq 1 "$((RAY_NODES - 1))"); do
-    launch "ray-node-$i" "${RAY_NETWORK[@]}" "$ROOT/.venv/bin/ray" start --address "$ray_address" \
+    launch "ray-node-$i" "${RAY_NETWORK[@]}" "$PY" "$ROOT/scripts/local_cluster.py" ray-start --address "$ray_address" \
       "${common[@]}"
+  done
+
+  local master="spark://127.0.0.1:$spark_port" ui="http://127.0.0.1:$ui_port"
+  launch spark-master "$ROOT/.venv/bin/spark-class" org.apache.spark.deploy.master.Master \
+    --host 127.0.0.1 --port "$spark_port" --webui-port "$ui_port"
+  for i in $(seq 1 "$SPARK_WORKERS"); do
+    launch "spark-worker-$i" "$ROOT/.venv/bin/spark-class" org.apache.spark.deploy.worker.Worker \
+      --host 127.0.0.1 --cores "$SPARK_WORKER_CORES" --memory "$SPARK_WORKER_MEMORY" \
+      --webui-port "$((worker_ui + i - 1))" --work-dir "$DIR/spark-work-$i" "$master"
   done
 
   cat >"$STATE" <<EOF
@@ -153,7 +153,7 @@ SPARK_MASTER_URL=$master
 SPARK_UI_URL=$ui
 RAY_ADDRESS=$ray_address
 RAY_NETNS_PID=$RAY_NETNS_PID
-RAY_DASHBOARD_URL="$dashboard_url"
+RAY_DASHBOARD_URL=$dashboard_url
 SPARK_EXPECTED_WORKERS=$SPARK_WORKERS
 RAY_EXPECTED_NODES=$RAY_NODES
 EOF
@@ -198,7 +198,22 @@ run() {
   source "$STATE"
   ray_network
   cd "$ROOT"
-  "${RAY_NETWORK[@]}" env RAY_ADDRESS="$RAY_ADDRESS" "$@"
+  # RAY_ADDRESS for ray.init (the GCS), RAY_API_SERVER_ADDRESS for `ray job` (the dashboard).
+  "${RAY_NETWORK[@]}" env RAY_ADDRESS="$RAY_ADDRESS" RAY_API_SERVER_ADDRESS="$RAY_DASHBOARD_URL" "$@"
+}
+
+# jobs.train submitted as a Ray job: its driver runs on the head node, in this checkout
+# (every node here shares the file system, so no --working-dir upload; relative paths in
+# the config mean the same as for a local run). Ray joins the entrypoint's words into one
+# shell line, quoting only those with spaces, so each word is shell-escaped here first
+# (arguments with spaces are not supported). Exits 0 when the job succeeded, else 1.
+train() {
+  local words=(cd "$ROOT" "&&" .venv/bin/python -m jobs.train --ray-address auto "$@") escaped=()
+  local word
+  for word in "${words[@]}"; do
+    if [[ "$word" == "&&" ]]; then escaped+=("$word"); else escaped+=("$(printf %q "$word")"); fi
+  done
+  run "$ROOT/.venv/bin/ray" job submit --log-style record -- "${escaped[@]}"
 }
 
 down() {
@@ -225,10 +240,11 @@ case "${1:-}" in
   up) shift; up "$@" ;;
   status) status ;;
   run) shift; run "$@" ;;
+  train) shift; train "$@" ;;
   restart) shift; restart "$1" ;;
   down) down ;;
   *)
-    echo "usage: scripts/cluster.sh up [--config FILE] [--set k=v ...] | status | run COMMAND... | restart NAME | down" >&2
+    echo "usage: scripts/cluster.sh up [--config FILE] [--set k=v ...] | status | run COMMAND... | train [ARGS...] | restart NAME | down" >&2
     exit 2
     ;;
 esac

@@ -5,6 +5,7 @@
     python scripts/local_cluster.py wait-spark UI_URL WORKERS TIMEOUT_S
     python scripts/local_cluster.py wait-ray ADDRESS NODES TIMEOUT_S   (inside the Ray namespace)
     python scripts/local_cluster.py spark-workers UI_URL
+    python scripts/local_cluster.py ray-start [ray start options]   (a node, without Ray Client)
 
 Exit status 2 with one line on stderr for a bad config or a taken port; 1 when a cluster
 does not come up in time.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import socket
 import sys
@@ -92,7 +94,7 @@ def wait_ray(address: str, nodes: int, timeout_s: float) -> None:
     import ray
 
     deadline = time.monotonic() + timeout_s
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     try:
         alive: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
@@ -111,6 +113,22 @@ def wait_ray(address: str, nodes: int, timeout_s: float) -> None:
     raise SystemExit(1)
 
 
+def ray_start(argv: list[str]) -> None:
+    """``ray start ARGS`` without the Ray Client server (``ray://``, which nothing here uses).
+
+    ``ray start`` launches that server whenever grpc is importable (tensorboard brings it),
+    in parallel with the raylet; the server gives up when the raylet has not registered
+    within 30 s, and under ``--block`` its exit takes the whole node down. With the
+    dashboard's dozen processes starting at the same time, a loaded machine misses those
+    30 s. Ray decides from ``get_ray_client_dependency_error`` (pinned 2.55.1), so the
+    node is started as if the Ray Client's dependency were missing.
+    """
+    from ray.scripts import scripts
+
+    scripts.get_ray_client_dependency_error = lambda: ImportError("Ray Client not used")
+    scripts.cli(args=["start", *argv], prog_name="ray")
+
+
 def main() -> None:
     command, *rest = sys.argv[1:] or ["--help"]
     if command == "sizes":
@@ -121,6 +139,8 @@ def main() -> None:
         wait_spark(rest[0], int(rest[1]), float(rest[2]))
     elif command == "spark-workers":
         spark_workers(rest[0])
+    elif command == "ray-start":
+        ray_start(rest)
     elif command == "wait-ray":
         wait_ray(rest[0], int(rest[1]), float(rest[2]))
     else:

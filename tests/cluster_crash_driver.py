@@ -4,7 +4,7 @@
 
 The job runs unchanged until Spark's executors have written TABLE's Parquet files into
 their write directory; then the driver SIGKILLs itself, just before the delta-rs commit
-(tests/test_local_cluster.py: the table must stay at its previous version).
+(scripts/cluster_faults.py: the table must stay at its previous version).
 """
 
 from __future__ import annotations
