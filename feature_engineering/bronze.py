@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -42,9 +43,9 @@ from feature_engineering.raw_input import (
     ISSUE_CUT,
     ISSUE_NOT_GZIP,
     SkippedEntry,
-    count_file_lines,
     list_raw,
-    read_numbered_lines,
+    plan_reads,
+    read_pieces,
 )
 from mtlrec.errors import CheckError
 from mtlrec.lake import Lake, PartitionFilter
@@ -464,29 +465,35 @@ def run_bronze(
         replace_partitions=[*replace, {"ingest_dt": None}],
         run_id=tagged(BRONZE_SKIPPED_FILES),
     )
-    # Nothing is cached: each write reads the files again, so memory stays bounded.
+    # Each file's lines are counted first (newlines, no parsing), so the reconciliation's
+    # left side comes from the files themselves, not from what the writes kept.
+    plan = plan_reads(spark, listing.files, cfg.max_line_bytes)
+    lines_per_file = plan.lines_per_file
+    # Parsing dominates bronze: the lines are classified once, spilled to local disk (never
+    # the heap, whatever the input's size), and both tables are written from that copy.
     classified = classify(
-        read_numbered_lines(spark, listing.files, cfg.max_line_bytes), fcfg, window
-    )
-    lake.write_table(
-        classified.where(F.col("reason").isNull()).select(*EVENT_COLUMNS),
-        BRONZE_EVENTS,
-        mode="overwrite",
-        partition_by=["dt", "ingest_dt"],
-        replace_partitions=replace,  # every event day of these ingest days
-        run_id=tagged(BRONZE_EVENTS),
-    )
-    lake.write_table(
-        classified.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS),
-        BRONZE_QUARANTINE,
-        mode="overwrite",
-        partition_by=["ingest_dt"],
-        replace_partitions=replace,
-        run_id=tagged(BRONZE_QUARANTINE),
-    )
+        read_pieces(spark, plan.pieces, cfg.max_line_bytes), fcfg, window
+    ).persist(StorageLevel.DISK_ONLY)
+    try:
+        lake.write_table(
+            classified.where(F.col("reason").isNull()).select(*EVENT_COLUMNS),
+            BRONZE_EVENTS,
+            mode="overwrite",
+            partition_by=["dt", "ingest_dt"],
+            replace_partitions=replace,  # every event day of these ingest days
+            run_id=tagged(BRONZE_EVENTS),
+        )
+        lake.write_table(
+            classified.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS),
+            BRONZE_QUARANTINE,
+            mode="overwrite",
+            partition_by=["ingest_dt"],
+            replace_partitions=replace,
+            run_id=tagged(BRONZE_QUARANTINE),
+        )
+    finally:
+        classified.unpersist()
 
-    # The left side counts what the files hold, read once more: not what a write kept.
-    lines_per_file = count_file_lines(spark, listing.files, cfg.max_line_bytes)
     written, quarantined, by_reason = reconcile_files(spark, lake, run_days, lines_per_file)
     skipped_by_reason = dict(Counter(s.reason.value for s in listing.skipped))
     result = BronzeResult(
