@@ -23,7 +23,7 @@ import re
 import shutil
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
@@ -185,6 +185,12 @@ def memory_failures_named(stage: str, cfg: SparkConfig) -> Iterator[None]:
         cause = _out_of_memory_cause(exc)
         if cause is None:
             raise
+        # Stop Spark first: the job's other tasks are being cancelled, and their warnings
+        # would otherwise follow the one line the user must read last.
+        context = SparkContext._active_spark_context
+        if context is not None:
+            with suppress(Exception):  # a JVM that died cannot be stopped: nothing to do
+                context.stop()
         raise OutOfMemoryStageError(
             f"{stage} ran out of memory ({cause}) with spark.driver_memory={cfg.driver_memory}, "
             f"spark.executor_memory={cfg.executor_memory}, "
