@@ -20,13 +20,10 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import pyarrow as pa
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -83,9 +80,6 @@ _LONE_SURROGATE = (
     r"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
     r"|(?<!\\)(?:\\\\)*(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 )
-
-# Raw-line bytes one cached batch may hold at most (see ``_on_disk``).
-_CACHE_BATCH_BYTES = 16 << 20
 
 _log = get_logger("bronze")
 
@@ -430,26 +424,6 @@ def reconcile_files(
     return written, quarantined, by_reason
 
 
-@contextmanager
-def _small_cache_batches(spark: SparkSession, max_line_bytes: int) -> Iterator[None]:
-    """Cached batches of at most ~16 MiB of raw lines while the block runs.
-
-    Spark builds a cached frame's column buffers in the heap, a batch of
-    ``spark.sql.inMemoryColumnarStorage.batchSize`` rows (10,000) at a time, before
-    writing it to disk (DISK_ONLY): with long lines that alone can exceed a small heap.
-    The size is read when the cache is built (at the first write), so it is set for the
-    whole block.
-    """
-    key = "spark.sql.inMemoryColumnarStorage.batchSize"
-    previous = spark.conf.get(key)
-    spark.conf.set(key, str(max(16, min(10_000, _CACHE_BATCH_BYTES // max_line_bytes))))
-    try:
-        yield
-    finally:
-        if previous is not None:
-            spark.conf.set(key, previous)
-
-
 def run_bronze(
     spark: SparkSession,
     lake: Lake,
@@ -494,30 +468,27 @@ def run_bronze(
     # left side comes from the files themselves, not from what the writes kept.
     plan = plan_reads(spark, listing.files, cfg.max_line_bytes)
     lines_per_file = plan.lines_per_file
-    # Parsing dominates bronze: the lines are classified once, spilled to local disk (never
-    # the heap, whatever the input's size), and both tables are written from that copy.
-    with _small_cache_batches(spark, cfg.max_line_bytes):
-        lines = read_pieces(spark, plan.pieces, cfg.max_line_bytes)
-        classified = classify(lines, fcfg, window).persist(StorageLevel.DISK_ONLY)
-        try:
-            lake.write_table(
-                classified.where(F.col("reason").isNull()).select(*EVENT_COLUMNS),
-                BRONZE_EVENTS,
-                mode="overwrite",
-                partition_by=["dt", "ingest_dt"],
-                replace_partitions=replace,  # every event day of these ingest days
-                run_id=tagged(BRONZE_EVENTS),
-            )
-            lake.write_table(
-                classified.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS),
-                BRONZE_QUARANTINE,
-                mode="overwrite",
-                partition_by=["ingest_dt"],
-                replace_partitions=replace,
-                run_id=tagged(BRONZE_QUARANTINE),
-            )
-        finally:
-            classified.unpersist()
+    # Nothing is cached: each write parses the lines again. A DISK_ONLY copy of the
+    # classified lines would parse them once, but Spark builds a cached frame's column
+    # buffers in the heap, and bronze on 2 KiB lines then died in a 128m and a 256m heap
+    # where the uncached plan completes (tests/test_bronze.py, small-heap test).
+    classified = classify(read_pieces(spark, plan.pieces, cfg.max_line_bytes), fcfg, window)
+    lake.write_table(
+        classified.where(F.col("reason").isNull()).select(*EVENT_COLUMNS),
+        BRONZE_EVENTS,
+        mode="overwrite",
+        partition_by=["dt", "ingest_dt"],
+        replace_partitions=replace,  # every event day of these ingest days
+        run_id=tagged(BRONZE_EVENTS),
+    )
+    lake.write_table(
+        classified.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS),
+        BRONZE_QUARANTINE,
+        mode="overwrite",
+        partition_by=["ingest_dt"],
+        replace_partitions=replace,
+        run_id=tagged(BRONZE_QUARANTINE),
+    )
 
     written, quarantined, by_reason = reconcile_files(spark, lake, run_days, lines_per_file)
     skipped_by_reason = dict(Counter(s.reason.value for s in listing.skipped))
