@@ -42,9 +42,9 @@ from feature_engineering.raw_input import (
     ISSUE_CUT,
     ISSUE_NOT_GZIP,
     SkippedEntry,
-    count_file_lines,
     list_raw,
-    read_numbered_lines,
+    plan_reads,
+    read_pieces,
 )
 from mtlrec.errors import CheckError
 from mtlrec.lake import Lake, PartitionFilter
@@ -464,10 +464,15 @@ def run_bronze(
         replace_partitions=[*replace, {"ingest_dt": None}],
         run_id=tagged(BRONZE_SKIPPED_FILES),
     )
-    # Nothing is cached: each write reads the files again, so memory stays bounded.
-    classified = classify(
-        read_numbered_lines(spark, listing.files, cfg.max_line_bytes), fcfg, window
-    )
+    # Each file's lines are counted first (newlines, no parsing), so the reconciliation's
+    # left side comes from the files themselves, not from what the writes kept.
+    plan = plan_reads(spark, listing.files, cfg.max_line_bytes)
+    lines_per_file = plan.lines_per_file
+    # Nothing is cached: each write parses the lines again. A DISK_ONLY copy of the
+    # classified lines would parse them once, but Spark builds a cached frame's column
+    # buffers in the heap, and bronze on 2 KiB lines then died in a 128m and a 256m heap
+    # where the uncached plan completes (tests/test_bronze.py, small-heap test).
+    classified = classify(read_pieces(spark, plan.pieces, cfg.max_line_bytes), fcfg, window)
     lake.write_table(
         classified.where(F.col("reason").isNull()).select(*EVENT_COLUMNS),
         BRONZE_EVENTS,
@@ -485,8 +490,6 @@ def run_bronze(
         run_id=tagged(BRONZE_QUARANTINE),
     )
 
-    # The left side counts what the files hold, read once more: not what a write kept.
-    lines_per_file = count_file_lines(spark, listing.files, cfg.max_line_bytes)
     written, quarantined, by_reason = reconcile_files(spark, lake, run_days, lines_per_file)
     skipped_by_reason = dict(Counter(s.reason.value for s in listing.skipped))
     result = BronzeResult(

@@ -2,10 +2,11 @@
 
 One code path for training and scoring: ``feature_frame`` takes any frame of
 targets (impressions for training, candidate pairs for scoring) and joins the
-point-in-time features as of each row's ``dt``, the catalog attributes, the
-user attributes, the user x item-attribute affinities, the context and the
-item text embedding; ``encode`` maps the categoricals through the vocabulary
-and fixes the column types the model contract asks for (int64 / float32).
+point-in-time features (``point_in_time_features``) as of each row's ``dt``,
+the catalog attributes, the user attributes, the user x item-attribute
+affinities, the context and the item text embedding; ``encode`` maps the
+categoricals through the vocabulary and fixes the column types the model
+contract asks for (int64 / float32).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -124,27 +126,57 @@ def _item_attributes(items: DataFrame) -> DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class PointInTimeFeatures:
+    """The point-in-time aggregates as of some days, keyed by (entity, ``as_of_day``).
+
+    Computed once per build (``point_in_time_features``): gold joins them into the
+    examples and writes the same rows to gold/user_features and gold/item_features.
+    """
+
+    users: DataFrame  # user_id, as_of_day, user_feature_names(cfg)
+    items: DataFrame  # item_id, as_of_day, item_feature_names(cfg)
+    affinities: DataFrame  # user_id, as_of_day, user_top_*, affinity_* (see user_affinities)
+
+    def persist(self, level: StorageLevel) -> PointInTimeFeatures:
+        return PointInTimeFeatures(
+            self.users.persist(level), self.items.persist(level), self.affinities.persist(level)
+        )
+
+    def unpersist(self) -> None:
+        for frame in (self.users, self.items, self.affinities):
+            frame.unpersist()
+
+
+def point_in_time_features(
+    events: DataFrame, days: list[str], cfg: GoldConfig
+) -> PointInTimeFeatures:
+    """The user, item and affinity aggregates of ``events`` (silver) as of each of ``days``."""
+    as_of_days = sorted({day_number(d) for d in days})
+    return PointInTimeFeatures(
+        user_features(events, as_of_days, cfg),
+        item_features(events, as_of_days, cfg),
+        user_affinities(events, as_of_days, cfg),
+    )
+
+
 def feature_frame(
-    targets: DataFrame, sources: FeatureSources, days: list[str], cfg: GoldConfig
+    targets: DataFrame, sources: FeatureSources, features: PointInTimeFeatures, cfg: GoldConfig
 ) -> DataFrame:
     """Targets plus raw categorical strings and float32 dense and text features.
 
-    ``targets`` carries ``TARGET_COLUMNS`` (nullable context allowed); ``days``
-    are the distinct ``dt`` values among them (the as-of days to compute).
+    ``targets`` carries ``TARGET_COLUMNS`` (nullable context allowed); ``features``
+    must be computed as of every ``dt`` among them.
     """
-    as_of_days = sorted({day_number(d) for d in days})
     frame = _context(targets, cfg)
     keys_user = ["user_id", "as_of_day"]
-    frame = frame.join(user_features(sources.events, as_of_days, cfg), keys_user, "left")
+    frame = frame.join(features.users, keys_user, "left")
     frame = user_defaults(cfg).fill(frame)
-    frame = frame.join(
-        item_features(sources.events, as_of_days, cfg), ["item_id", "as_of_day"], "left"
-    )
+    frame = frame.join(features.items, ["item_id", "as_of_day"], "left")
     frame = item_defaults(cfg).fill(frame)
     frame = frame.join(_item_attributes(sources.items), "item_id", "left")
     frame = frame.join(sources.users.select("user_id", "region", "tier"), "user_id", "left")
-    affinity = user_affinities(sources.events, as_of_days, cfg)
-    frame = frame.join(affinity, keys_user, "left").select(
+    frame = frame.join(features.affinities, keys_user, "left").select(
         *frame.columns,
         *[F.col(f"user_top_{d}") for d in TOP_DIMENSIONS],
         *[affinity_share(d, F.col(d)).alias(f"user_affinity_{d}") for d in AFFINITY_DIMENSIONS],

@@ -40,20 +40,15 @@ from feature_engineering.examples import (
     TARGET_COLUMNS,
     TOP_DIMENSIONS,
     FeatureSources,
+    PointInTimeFeatures,
     dense_feature_names,
     encode,
     feature_frame,
+    point_in_time_features,
 )
 from feature_engineering.gold_config import GoldConfig
 from feature_engineering.labels import LABEL_COLUMNS, impression_labels
-from feature_engineering.point_in_time import (
-    day_number,
-    day_string,
-    days_before,
-    item_features,
-    user_affinities,
-    user_features,
-)
+from feature_engineering.point_in_time import day_number, day_string, days_before
 from feature_engineering.spec import build_spec, dense_statistics
 from feature_engineering.splits import SplitPlan, plan_splits
 from feature_engineering.text_embedding import (
@@ -118,7 +113,13 @@ def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
         _log.info("gold %s: writing days %s of split %s", build_id, days, plan)
         text = _build_text_embeddings(lake, items, impressions, plan, versions, cfg)
         sources = FeatureSources(events, items, users, text.frame if text else None)
-        raw = _labelled_features(impressions, sources, plan, days, cfg).persist(
+        # The point-in-time aggregates feed both the examples and the feature tables:
+        # computed once, kept on local disk (never the heap) until both are written.
+        # Examples are built for the days written and every train day (the vocabulary and
+        # statistics come from all train days).
+        feature_days = sorted(set(days) | set(plan.train))
+        features = point_in_time_features(events, feature_days, cfg).persist(StorageLevel.DISK_ONLY)
+        raw = _labelled_features(impressions, sources, features, plan, feature_days, cfg).persist(
             StorageLevel.MEMORY_AND_DISK
         )
         train = raw.where(F.col("split") == "train")
@@ -158,7 +159,7 @@ def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
                 GOLD_EXAMPLES: written.version,
                 GOLD_VOCABULARY: vocab_version,
                 GOLD_ITEM_TEXT_EMBEDDINGS: text.version if text else None,
-                **_write_feature_tables(lake, events, items, days, cfg),
+                **_write_feature_tables(lake, features, items, days),
             },
             days_written=days,
             text_fingerprint=text.fingerprint if text else None,
@@ -167,6 +168,7 @@ def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
         lake.write_arrow(snapshot.to_arrow(), GOLD_FEATURE_SPEC, mode="append")
         for frame in (raw, vocabulary, events):
             frame.unpersist()
+        features.unpersist()
     log_stage(
         _log,
         "gold",
@@ -201,18 +203,19 @@ def _plan_days(impressions: DataFrame, cfg: GoldConfig) -> tuple[SplitPlan, list
 def _labelled_features(
     impressions: DataFrame,
     sources: FeatureSources,
+    features: PointInTimeFeatures,
     plan: SplitPlan,
-    days: list[str],
+    feature_days: list[str],
     cfg: GoldConfig,
 ) -> DataFrame:
-    """Raw features, labels and split of the impressions of ``days`` and of all train days."""
-    feature_days = sorted(set(days) | set(plan.train))
+    """Raw features, labels and split of the impressions of ``feature_days`` (``features``
+    are computed as of each of them)."""
     split_map = F.create_map(*[F.lit(x) for kv in plan.split_of().items() for x in kv])
     targets = impressions.where(F.col("dt").isin(feature_days)).select(
         F.col("event_id").alias("impression_id"), *TARGET_COLUMNS[1:]
     )
     return (
-        feature_frame(targets, sources, feature_days, cfg)
+        feature_frame(targets, sources, features, cfg)
         .join(impression_labels(sources.events, cfg.attribution_window_hours), "impression_id")
         .withColumn("split", split_map[F.col("dt")])
     )
@@ -289,22 +292,23 @@ def _partitions_of_days(
 
 
 def _write_feature_tables(
-    lake: Lake, events: DataFrame, items: DataFrame, days: list[str], cfg: GoldConfig
+    lake: Lake, features: PointInTimeFeatures, items: DataFrame, days: list[str]
 ) -> dict[str, int | None]:
-    """gold/user_features and gold/item_features for ``days``, keyed by entity and as-of dt."""
-    as_of = [day_number(d) for d in days]
+    """gold/user_features and gold/item_features for ``days``, keyed by entity and as-of dt:
+    the rows of ``features`` (computed for the examples) as of those days."""
+    as_of = F.col("as_of_day").isin([day_number(d) for d in days])
     as_of_dt = day_string(F.col("as_of_day"))
-    tops = user_affinities(events, as_of, cfg).select(
+    tops = features.affinities.where(as_of).select(
         "user_id", "as_of_day", *[f"user_top_{d}" for d in TOP_DIMENSIONS]
     )
     users = (
-        user_features(events, as_of, cfg)
+        features.users.where(as_of)
         .join(tops, ["user_id", "as_of_day"], "left")
         .withColumn("dt", as_of_dt)
         .drop("as_of_day")
     )
     item_rows = (
-        item_features(events, as_of, cfg)
+        features.items.where(as_of)
         .withColumn("dt", as_of_dt)
         .drop("as_of_day")
         .join(items.select("item_id", *ITEM_CATEGORY_COLUMNS), "item_id", "left")
@@ -346,7 +350,8 @@ def build_examples_for(
     items = lake.read_table(spark, SILVER_ITEMS)
     users = lake.read_table(spark, SILVER_USERS)
     text = lake.read_table(spark, GOLD_ITEM_TEXT_EMBEDDINGS) if cfg.text.enabled else None
-    frame = feature_frame(targets, FeatureSources(events, items, users, text), [as_of_dt], cfg)
+    features = point_in_time_features(events, [as_of_dt], cfg)
+    frame = feature_frame(targets, FeatureSources(events, items, users, text), features, cfg)
     vocabulary = lake.read_table(spark, GOLD_VOCABULARY)
     text_columns = embedding_columns(cfg.text) if cfg.text.enabled else []
     return encode(frame, vocabulary, cfg, text_columns)

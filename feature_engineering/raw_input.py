@@ -10,7 +10,7 @@ nested directories are never opened. Local roots are listed with ``os`` (which s
 symlinks and permissions); object stores (``s3://``, ``hdfs://``) with pyarrow's
 filesystem, which has neither.
 
-**Reading** (in Spark tasks, ``read_numbered_lines``): the listed paths are opened by
+**Reading** (in Spark tasks, ``plan_reads`` then ``read_pieces``): the listed paths are opened by
 Python with the exact name that was listed, never handed to Spark's file sources as
 path strings, which glob them again (``x*.jsonl`` would also read ``xy.jsonl``),
 drop hidden names, and refuse ``:``, ``{a,b}`` or ``[1]``. Lines are split on
@@ -25,7 +25,11 @@ stream cut short, which a shipper that died mid-upload leaves. Ours keeps every
 complete line, decodes concatenated members, and hands over the cut tail as one
 line marked ``cut``; a file named ``.gz`` that is not gzip is read as stored, each
 line marked ``not_gzip``, so its bytes stay recoverable from the quarantine.
-One task reads a file from start to end (a gzip file cannot be split anyway).
+A plain file larger than ``spark.sql.files.maxPartitionBytes`` is read by several
+tasks, one per byte range (``FilePiece``); a first job counts each range's newlines
+(at memory speed, building no line) so every range knows its first line number and
+each file's line count is known before its lines are parsed. A gzip file is read by
+one task from start to end (it cannot be entered in the middle).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -67,8 +71,16 @@ UNSUPPORTED_SUFFIXES = (
 ISSUE_CUT = "cut"  # the last line of a gzip stream that is cut short or corrupt
 ISSUE_NOT_GZIP = "not_gzip"  # a line of a file named .gz that is not gzip
 
-FILES_SCHEMA = pa.schema(
-    [("locator", pa.binary()), ("source_file", pa.string()), ("ingest_dt", pa.string())]
+PIECES_SCHEMA = pa.schema(
+    [
+        ("piece", pa.int64()),
+        ("locator", pa.binary()),
+        ("source_file", pa.string()),
+        ("ingest_dt", pa.string()),
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("first_line", pa.int64()),
+    ]
 )
 LINES_SCHEMA = pa.schema(
     [
@@ -81,7 +93,7 @@ LINES_SCHEMA = pa.schema(
         ("ingest_dt", pa.string()),
     ]
 )
-COUNTS_SCHEMA = pa.schema([("source_file", pa.string()), ("lines", pa.int64())])
+COUNTS_SCHEMA = pa.schema([("piece", pa.int64()), ("lines", pa.int64())])
 
 
 class RawInputError(InputError, FileNotFoundError):
@@ -338,7 +350,7 @@ def _open(locator: bytes) -> BinaryIO:
         return open(locator, "rb")
     uri = locator.decode()
     filesystem, path = pafs.FileSystem.from_uri(uri)
-    return filesystem.open_input_stream(path)
+    return filesystem.open_input_file(path)  # seekable: a piece starts mid-file
 
 
 def _chunks(handle: BinaryIO) -> Iterator[bytes]:
@@ -462,10 +474,104 @@ def _file_lines(locator: bytes, source_file: str, max_line_bytes: int) -> Iterat
         yield from read_lines(_chunks(handle), source_file.endswith(".gz"), max_line_bytes)
 
 
+@dataclass(frozen=True)
+class FilePiece:
+    """A part of a file that one task reads, and the number of its first line.
+
+    A piece ``[start, end)`` owns the lines that start in ``(start, end]`` (and the line
+    at byte 0, for the first piece): the line after each newline inside its range. It
+    reads on past ``end`` to finish its last line, and the next piece skips that line,
+    so every line is read exactly once. ``end`` None: the whole file, from byte 0 (a
+    gzip file cannot be entered in the middle).
+    """
+
+    file: RawFile
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """The pieces to read, and each file's lines as counted before reading them."""
+
+    pieces: list[FilePiece]
+    lines_per_file: dict[str, int]
+
+
+def _range_lines(handle: BinaryIO, start: int, end: int, max_line_bytes: int) -> Iterator[RawLine]:
+    """The lines a piece ``[start, end)`` of a plain file owns (see ``FilePiece``)."""
+    handle.seek(start)
+    chunks = _chunks(handle)
+    position = start  # where the next line starts
+    if start > 0:
+        # The line in progress at ``start`` belongs to the piece before: skip past its end.
+        for chunk in chunks:
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                position += newline + 1
+                chunks = _prepend(chunk[newline + 1 :], chunks)
+                break
+            position += len(chunk)
+        else:
+            return
+    for line in _split_lines(chunks, max_line_bytes):
+        if position > end:
+            return
+        yield line
+        position += line[1] + 1
+
+
+def _piece_lines(piece: dict[str, object], max_line_bytes: int) -> Iterator[RawLine]:
+    locator, source_file = cast(bytes, piece["locator"]), cast(str, piece["source_file"])
+    if piece["end"] is None:
+        yield from _file_lines(locator, source_file, max_line_bytes)
+        return
+    with _open(locator) as handle:
+        yield from _range_lines(
+            handle, cast(int, piece["start"]), cast(int, piece["end"]), max_line_bytes
+        )
+
+
+def _count_range(locator: bytes, start: int, end: int) -> int:
+    """Lines a piece ``[start, end)`` of a plain file owns, by counting its newlines (no
+    line is built: this runs at memory speed)."""
+    newlines = 0
+    last = b""
+    with _open(locator) as handle:
+        handle.seek(start)
+        remaining = end - start
+        while remaining > 0 and (chunk := handle.read(min(_CHUNK, remaining))):
+            newlines += chunk.count(b"\n")
+            remaining -= len(chunk)
+            last = chunk[-1:]
+        at_end = not handle.read(1)
+    first = 1 if start == 0 and last else 0  # the line at byte 0
+    trailing = 1 if at_end and last == b"\n" else 0  # nothing follows the file's last newline
+    return newlines + first - trailing
+
+
+def _counted_pieces(
+    max_line_bytes: int, batches: Iterable[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: pieces to (piece, lines): newlines counted, gzip inflated."""
+    for batch in batches:
+        counts: dict[str, list[object]] = {"piece": [], "lines": []}
+        for piece in batch.to_pylist():
+            locator = piece["locator"]
+            if piece["end"] is None:
+                lines = sum(1 for _ in _file_lines(locator, piece["source_file"], max_line_bytes))
+            else:
+                lines = _count_range(locator, piece["start"], piece["end"])
+            counts["piece"].append(piece["piece"])
+            counts["lines"].append(lines)
+        yield pa.RecordBatch.from_pydict(counts, schema=COUNTS_SCHEMA)
+
+
 def _numbered_lines(
     max_line_bytes: int, batches: Iterable[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: listed files (locator, source_file, ingest_dt) to numbered lines."""
+    """mapInArrow body: pieces (see ``PIECES_SCHEMA``) to numbered lines."""
     columns: dict[str, list[object]] = {name: [] for name in LINES_SCHEMA.names}
     held = 0
 
@@ -476,16 +582,16 @@ def _numbered_lines(
         return batch
 
     for batch in batches:
-        for locator, source_file, ingest_dt in zip(*batch.to_pydict().values(), strict=True):
-            lines = _file_lines(locator, source_file, max_line_bytes)
-            for number, (value, length, issue, detail) in enumerate(lines, start=1):
+        for piece in batch.to_pylist():
+            lines = _piece_lines(piece, max_line_bytes)
+            for number, (value, length, issue, detail) in enumerate(lines, piece["first_line"]):
                 columns["value"].append(value)
-                columns["source_file"].append(source_file)
+                columns["source_file"].append(piece["source_file"])
                 columns["source_line"].append(number)
                 columns["line_bytes"].append(length)
                 columns["read_issue"].append(issue)
                 columns["read_detail"].append(detail)
-                columns["ingest_dt"].append(ingest_dt)
+                columns["ingest_dt"].append(piece["ingest_dt"])
                 held += len(value)
                 if len(columns["value"]) >= _BATCH_LINES or held >= _BATCH_BYTES:
                     yield flush()
@@ -494,30 +600,54 @@ def _numbered_lines(
         yield flush()
 
 
-def _counted_lines(
-    max_line_bytes: int, batches: Iterable[pa.RecordBatch]
-) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: listed files to (source_file, lines), by the same line rules."""
-    for batch in batches:
-        counts: dict[str, list[object]] = {"source_file": [], "lines": []}
-        for locator, source_file, _ in zip(*batch.to_pydict().values(), strict=True):
-            counts["source_file"].append(source_file)
-            counts["lines"].append(
-                sum(1 for _ in _file_lines(locator, source_file, max_line_bytes))
-            )
-        yield pa.RecordBatch.from_pydict(counts, schema=COUNTS_SCHEMA)
+def _pieces_frame(spark: SparkSession, pieces: list[FilePiece]) -> DataFrame:
+    """One row per piece, spread over tasks (a task reads its pieces one after another)."""
+    rows = [
+        (i, bytearray(p.file.locator), p.file.source_file, p.file.ingest_dt, p.start, p.end,
+         p.first_line)
+        for i, p in enumerate(pieces)
+    ]  # fmt: skip
+    slices = max(1, min(len(pieces), spark.sparkContext.defaultParallelism * 4))
+    return spark.createDataFrame(rows, from_arrow_schema(PIECES_SCHEMA)).repartition(slices)
 
 
-def _files_frame(spark: SparkSession, files: list[RawFile]) -> DataFrame:
-    """One row per file, spread over tasks (a task reads its files one after another)."""
-    rows = [(bytearray(f.locator), f.source_file, f.ingest_dt) for f in files]
-    slices = max(1, min(len(files), spark.sparkContext.defaultParallelism * 4))
-    return spark.createDataFrame(rows, from_arrow_schema(FILES_SCHEMA)).repartition(slices)
+def _file_size(locator: bytes) -> int:
+    if locator.startswith(b"/"):
+        return os.stat(locator).st_size
+    filesystem, path = pafs.FileSystem.from_uri(locator.decode())
+    return int(filesystem.get_file_info(path).size)
 
 
-def read_numbered_lines(
-    spark: SparkSession, files: list[RawFile], max_line_bytes: int
-) -> DataFrame:
+def plan_reads(spark: SparkSession, files: list[RawFile], max_line_bytes: int) -> ReadPlan:
+    """Cut every plain file into pieces of ``spark.sql.files.maxPartitionBytes`` (so a
+    large file is read by several tasks) and count each piece's lines, in one Spark job
+    that builds no line: the first line number of every piece, and each file's line
+    count, the left side of bronze's reconciliation. A ``.gz`` file is one piece,
+    counted by inflating it.
+    """
+    split = int(spark._jsparkSession.sessionState().conf().filesMaxPartitionBytes())
+    cut: list[FilePiece] = []
+    for file in files:
+        if file.source_file.endswith(".gz"):
+            cut.append(FilePiece(file))
+            continue
+        size = _file_size(file.locator)
+        cut += [FilePiece(file, start, min(start + split, size)) for start in range(0, size, split)]
+        if size == 0:
+            cut.append(FilePiece(file, 0, 0))
+    body = functools.partial(_counted_pieces, max_line_bytes)
+    counted = _pieces_frame(spark, cut).mapInArrow(body, from_arrow_schema(COUNTS_SCHEMA))
+    lines = {int(r["piece"]): int(r["lines"]) for r in counted.collect()}
+    pieces: list[FilePiece] = []
+    lines_per_file: dict[str, int] = {}
+    for index, piece in enumerate(cut):
+        before = lines_per_file.get(piece.file.source_file, 0)
+        pieces.append(FilePiece(piece.file, piece.start, piece.end, before + 1))
+        lines_per_file[piece.file.source_file] = before + lines[index]
+    return ReadPlan(pieces, lines_per_file)
+
+
+def read_pieces(spark: SparkSession, pieces: list[FilePiece], max_line_bytes: int) -> DataFrame:
     """Columns: value (string holding the raw bytes, at most ``max_line_bytes`` of them),
     source_file, source_line (1-based), line_bytes (the full length), read_issue
     (``ISSUE_CUT``, ``ISSUE_NOT_GZIP`` or null), read_detail, ingest_dt.
@@ -526,18 +656,15 @@ def read_numbered_lines(
     """
     body = functools.partial(_numbered_lines, max_line_bytes)
     return (
-        _files_frame(spark, files)
+        _pieces_frame(spark, pieces)
         .mapInArrow(body, from_arrow_schema(LINES_SCHEMA))
         # A binary-to-string cast keeps the bytes as they are; bronze checks UTF-8 itself.
         .withColumn("value", F.col("value").cast("string"))
     )
 
 
-def count_file_lines(
+def read_numbered_lines(
     spark: SparkSession, files: list[RawFile], max_line_bytes: int
-) -> dict[str, int]:
-    """Lines per file, counted by reading every file once more (nothing but the counts
-    reaches the driver): the left side of bronze's per-file reconciliation."""
-    body = functools.partial(_counted_lines, max_line_bytes)
-    counted = _files_frame(spark, files).mapInArrow(body, from_arrow_schema(COUNTS_SCHEMA))
-    return {str(r["source_file"]): int(r["lines"]) for r in counted.collect()}
+) -> DataFrame:
+    """``read_pieces`` of whole files, one task per file (small inputs: the catalog)."""
+    return read_pieces(spark, [FilePiece(f) for f in files], max_line_bytes)

@@ -13,7 +13,8 @@ tolerance) they are known only once bronze has parsed every line.
 Every table commit carries ``<run-id>:<table>``; a retried run with the same
 ``--run-id`` skips the commits it already made. Exit status: 0 on success,
 2 for bad configuration or missing input (nothing written), 1 when a run-time
-check fails (e.g. bronze reconciliation).
+check fails (e.g. bronze reconciliation) or a stage runs out of memory (one line
+naming the stage and the settings to raise).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from mtlrec.config import add_config_arguments, iso_day
 from mtlrec.errors import CheckError, run_job
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger
-from mtlrec.spark import get_spark
+from mtlrec.spark import get_spark, memory_failures_named
 from mtlrec.tables import BRONZE_EVENTS, SILVER_EVENTS
 
 STAGES = ("bronze", "silver", "gold", "all")
@@ -116,15 +117,18 @@ def run_stages(stage: str, cfg: PipelineConfig, days: list[str] | None, run_id: 
     spark = get_spark(cfg.spark, cfg.lake)
     raw_root = cfg.lake.raw_root
     if stage in ("bronze", "all"):
-        run_bronze(spark, lake, raw_root, cfg.features, days, run_id)
+        with memory_failures_named("bronze", cfg.spark):
+            run_bronze(spark, lake, raw_root, cfg.features, days, run_id)
     if stage == "all":
         check_gold_days_after_bronze(lake, cfg)
     if stage in ("silver", "all"):
-        run_silver(spark, lake, raw_root, cfg.features, days, run_id)
+        with memory_failures_named("silver", cfg.spark):
+            run_silver(spark, lake, raw_root, cfg.features, days, run_id)
     if stage in ("gold", "all"):
         from feature_engineering.gold import build_gold  # the gold stage lives in its own module
 
-        build_gold(spark, lake, cfg.features.gold)
+        with memory_failures_named("gold", cfg.spark):
+            build_gold(spark, lake, cfg.features.gold)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,3 +42,11 @@ def run_job(job: str, body: Callable[[], int | None]) -> int:
         print(f"{job}: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     return 0 if status is None else status
+
+
+class ResourceError(JobError):
+    """A stage ran out of memory with the given settings; the message names the stage and
+    the settings to raise. Exit 1: earlier stages (and this stage's finished commits) stay
+    written, and a retry with the same run id resumes after them."""
+
+    exit_code = 1

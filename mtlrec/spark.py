@@ -22,13 +22,15 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from mtlrec.config import LakeConfig, SparkConfig
-from mtlrec.errors import InputError
+from mtlrec.errors import InputError, ResourceError
 from mtlrec.log import get_logger
 from mtlrec.storage import LakeStorage
 
@@ -45,6 +47,13 @@ DRIVER_LAUNCH_CONF = (
     "spark.jars.packages",
 )
 _LOOPBACK_MASTER = re.compile(r"spark://(127\.0\.0\.1|localhost):")
+# How a memory failure reaches the Python driver: a task's or the driver's Java heap
+# (in the error's text, Java stack included), Spark's own accounting, an executor JVM
+# that exited with Spark's OOM status 52, or a Python worker's MemoryError.
+_OUT_OF_MEMORY = re.compile(
+    r"java\.lang\.OutOfMemoryError[^\n]*|SparkOutOfMemoryError[^\n]*"
+    r"|exit(?:ed)?(?: with)? (?:code|status):? 52\b[^\n]*|\bMemoryError\b[^\n]*"
+)
 _log = get_logger("spark")
 
 
@@ -148,6 +157,49 @@ def launch_mismatches(cfg: SparkConfig, submitted: SparkConf) -> list[str]:
     return missing
 
 
+class OutOfMemoryStageError(ResourceError, RuntimeError):
+    """A stage ran out of memory; the message says which settings to raise."""
+
+
+def _out_of_memory_cause(exc: BaseException) -> str | None:
+    """The line saying the JVM or a worker ran out of memory, from the exception chain;
+    "the JVM stopped answering" when the driver JVM died (Py4J lost its connection)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        match = _OUT_OF_MEMORY.search(str(seen))
+        if match:
+            return match.group(0).strip()[:200]
+        if type(seen).__name__ == "Py4JNetworkError" or isinstance(seen, ConnectionError):
+            return "the Spark driver JVM stopped answering (most often: it ran out of memory)"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextmanager
+def memory_failures_named(stage: str, cfg: SparkConfig) -> Iterator[None]:
+    """Turn a memory failure inside ``stage`` into one ``OutOfMemoryStageError`` line
+    naming the stage and the settings to raise, instead of a Java stack."""
+    try:
+        yield
+    except Exception as exc:
+        cause = _out_of_memory_cause(exc)
+        if cause is None:
+            raise
+        # Stop Spark first: the job's other tasks are being cancelled, and their warnings
+        # would otherwise follow the one line the user must read last.
+        context = SparkContext._active_spark_context
+        if context is not None:
+            with suppress(Exception):  # a JVM that died cannot be stopped: nothing to do
+                context.stop()
+        raise OutOfMemoryStageError(
+            f"{stage} ran out of memory ({cause}) with spark.driver_memory={cfg.driver_memory}, "
+            f"spark.executor_memory={cfg.executor_memory}, "
+            f"spark.shuffle_partitions={cfg.shuffle_partitions}: raise spark.driver_memory "
+            "(a local[*] master runs every task in the driver JVM) or, on a cluster, "
+            "spark.executor_memory; more spark.shuffle_partitions make each task hold less"
+        ) from None
+
+
 def get_spark(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
     """The session for a job; ``lake`` adds the object-store settings its root needs."""
     submitted = launched_by_spark_submit()
@@ -182,6 +234,11 @@ def get_spark(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
         # Python workers (pandas UDFs) must run this interpreter, the venv with pandas and
         # torch; PySpark reads the worker executable from PYSPARK_PYTHON, else `python3`.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if master.startswith("local"):
+        # In local mode tasks run inside the driver JVM, and by default a task's
+        # OutOfMemoryError makes Spark exit that JVM (status 52) before the Python driver
+        # hears of it. Failing just the task lets the job report it in one line.
+        defaults["spark.executor.killOnFatalError.depth"] = "0"
     if on_this_machine(master):
         # A local driver, or one whose cluster is on this machine's loopback (the project's
         # local cluster), listens on loopback only, submitted or not.

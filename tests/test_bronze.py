@@ -9,10 +9,13 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pyspark.sql import SparkSession
 from reliability.corpus import event
 
@@ -210,3 +213,70 @@ def test_job_exits_2_on_missing_input_and_writes_nothing(
     argv = ["--stage", "bronze", "--set", f"lake.raw_root={tmp_path / 'absent'}"]
     assert main([*argv, "--set", f"lake.root={lake_root}"]) == 2
     assert not lake_root.exists()
+
+
+# ------------------------------------------------------------------ memory, as a job
+ROOT = Path(__file__).resolve().parent.parent
+# A heap well under Spark's 450 MiB start-up minimum needs Spark's reserved-memory knob set
+# to 0 (its memory manager then sizes itself from the real, small heap).
+SMALL_HEAP = "128m"
+
+
+def _small_heap_job(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """build_features --stage bronze as its own process, its driver JVM on a small heap."""
+    config = yaml.safe_load((ROOT / "cluster_configs" / "local.yaml").read_text())
+    config["spark"]["conf"] = {"spark.testing.reservedMemory": "0"}
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(config))
+    argv = [
+        sys.executable, "-m", "jobs.build_features", "--stage", "bronze",
+        "--config", str(tmp_path / "small.yaml"),
+        "--set", f"lake.raw_root={tmp_path / 'raw'}", "--set", f"lake.root={tmp_path / 'lake'}",
+        "--set", f"spark.driver_memory={SMALL_HEAP}", "--set", "spark.master=local[2]",
+        *overrides,
+    ]  # fmt: skip
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.skip(
+    reason="not yet sized: with a DISK_ONLY copy of the classified lines bronze died here "
+    "(OutOfMemoryError in Spark's cache ColumnBuilder, at 128m and 256m); without it, 128m "
+    "GC-thrashed for >9 min on a loaded machine (old gen 87%); issue #14 pt 1 stays open"
+)
+def test_bronze_completes_on_a_log_several_times_its_driver_heap(tmp_path: Path) -> None:
+    """384 MiB of valid events (padded to ~2 KiB a line) through a 128 MiB heap: nothing
+    holds the input, the lines or the classified frame in memory."""
+    padded = line(event(0, note="x" * 2000))
+    per_file = (64 << 20) // (len(padded) + 1)
+    for day in range(1, 7):
+        path = tmp_path / "raw" / "events" / f"dt=2026-10-0{day}" / "part-00000.jsonl"
+        path.parent.mkdir(parents=True)
+        with path.open("wb") as out:
+            for i in range(per_file):
+                ts = f"2026-10-0{day}T10:00:00Z"
+                out.write(line(event(f"{day}-{i}", ts=ts, note="x" * 2000)) + b"\n")
+    total = sum(p.stat().st_size for p in (tmp_path / "raw").rglob("*.jsonl"))
+    assert total > 3 * (128 << 20)
+    proc = _small_heap_job(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lake = Lake(str(tmp_path / "lake"))
+    assert lake.read_arrow("bronze/events", columns=["source_line"]).num_rows == 6 * per_file
+    assert "bronze reconciliation OK" in proc.stderr
+
+
+def test_a_stage_out_of_memory_exits_1_with_one_line_naming_it_and_the_settings(
+    tmp_path: Path,
+) -> None:
+    """A 100 MiB line (let through by max_line_bytes) cannot fit a 128 MiB heap."""
+    path = tmp_path / "raw" / "events" / f"dt={DAY1}" / "part-00000.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(line(event(1, note="a" * (100 << 20))) + b"\n")
+    proc = _small_heap_job(tmp_path, "--set", "features.bronze.max_line_bytes=200000000")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("build_features: bronze ran out of memory (java.lang.OutOfMemoryError")
+    for setting in (
+        "spark.driver_memory=128m",
+        "spark.executor_memory",
+        "spark.shuffle_partitions",
+    ):
+        assert setting in last

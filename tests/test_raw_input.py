@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import gzip
+import os
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
-from feature_engineering.raw_input import ISSUE_CUT, ISSUE_NOT_GZIP, read_lines
+from feature_engineering.raw_input import (
+    ISSUE_CUT,
+    ISSUE_NOT_GZIP,
+    RawFile,
+    plan_reads,
+    read_lines,
+    read_pieces,
+)
 
 LINES = [f'{{"event_id": "e{i}", "note": "{i:06d}"}}'.encode() for i in range(2000)]
 BODY = b"\n".join(LINES) + b"\n"
@@ -138,3 +148,51 @@ def test_plain_lines_match_wc_l_numbering() -> None:
     got = list(read_lines([data], gzipped=False, max_line_bytes=NO_CAP))
     assert [v for v, *_ in got] == [b"a\r", b"", b"b"]
     assert list(read_lines([b""], gzipped=False, max_line_bytes=NO_CAP)) == []
+
+
+# ------------------------------------------------------------------ pieces of a large file
+PIECE_FILES = {
+    "trailing_newline.jsonl": b"a\nbb\n\nccc\n" + b"d" * 40 + b"\nee\n",
+    "no_trailing_newline.jsonl": b"\n\nxyz\n" + b"long" * 20 + b"\nlast",
+    "only_newlines.jsonl": b"\n" * 9,
+    "one_line.jsonl": b"q" * 33,
+    "empty.jsonl": b"",
+    "whole.jsonl.gz": gzip.compress(b"g1\ng2\n\ng3"),
+}
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("split_bytes", [1, 7])
+def test_a_file_read_in_pieces_gives_every_line_once_with_its_number(
+    spark: SparkSession, tmp_path: Path, split_bytes: int
+) -> None:
+    """Every cut point lands somewhere: before, on and after newlines, inside long lines."""
+    files = []
+    for name, data in PIECE_FILES.items():
+        (tmp_path / name).write_bytes(data)
+        path = str(tmp_path / name)
+        files.append(RawFile(path, os.fsencode(path), "2026-10-01"))
+    expected = {}
+    for file in files:
+        data = Path(file.source_file).read_bytes()
+        gzipped = file.source_file.endswith(".gz")
+        lines = read_lines([data], gzipped=gzipped, max_line_bytes=10)
+        for number, (value, length, _, _) in enumerate(lines, start=1):
+            expected[(file.source_file, number)] = (value, length)
+    key = "spark.sql.files.maxPartitionBytes"
+    previous = spark.conf.get(key)
+    spark.conf.set(key, str(split_bytes))
+    try:
+        plan = plan_reads(spark, files, max_line_bytes=10)
+        rows = read_pieces(spark, plan.pieces, max_line_bytes=10).collect()
+    finally:
+        spark.conf.set(key, previous)
+    got = {
+        (r["source_file"], r["source_line"]): (r["value"].encode(), r["line_bytes"]) for r in rows
+    }
+    assert len(rows) == len(got), "a line was read twice"
+    assert got == expected
+    counted = {f.source_file: sum(k[0] == f.source_file for k in expected) for f in files}
+    assert plan.lines_per_file == counted
+    if split_bytes == 1:
+        assert len(plan.pieces) > len(files), "large files were cut into pieces"
