@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mtlrec.errors import InputError
 
@@ -55,6 +55,18 @@ class LakeConfig(StrictModel):
 
 # A JVM size as spark-submit takes it: a whole number and a unit (512m, 4g).
 _JVM_SIZE = r"^[1-9][0-9]*[kmgtKMGT]$"
+# Spark keeps 300 MiB of every heap for itself and refuses a heap under 1.5x that
+# (UnifiedMemoryManager); `spark.testing.reservedMemory` (bytes) changes the reserve.
+_SPARK_RESERVED_BYTES = 300 * 1024 * 1024
+
+
+def jvm_size_bytes(size: str) -> int:
+    """``4g``, ``512m``, ``4096`` (MiB, Spark's unit for a bare driver memory) in bytes."""
+    match = re.fullmatch(r"([0-9]+)([kmgtp]?)b?", size.strip().lower())
+    if match is None:
+        raise ValueError(f"not a JVM size: {size!r}")
+    number, unit = match.groups()
+    return int(number) * 1024 ** "kmgtp".index(unit or "m") * 1024
 
 
 class SparkConfig(StrictModel):
@@ -77,6 +89,22 @@ class SparkConfig(StrictModel):
     )
     executor_cores: int = Field(1, gt=0, description="Cores (task slots) of each executor.")
     conf: dict[str, str] = Field(default_factory=dict, description="Extra spark.* settings.")
+
+    @model_validator(mode="after")
+    def _heaps_spark_accepts(self) -> SparkConfig:
+        """A driver under Spark's floor fails at start; an executor under it is refused by
+        each executor JVM, which a cluster manager then relaunches without end."""
+        reserved = int(self.conf.get("spark.testing.reservedMemory", _SPARK_RESERVED_BYTES))
+        floor = reserved * 3 // 2
+        for name in ("driver_memory", "executor_memory"):
+            size = getattr(self, name)
+            if jvm_size_bytes(size) < floor:
+                raise ValueError(
+                    f"spark.{name}={size} is below the {floor >> 20} MiB Spark needs for a "
+                    f"heap (1.5x the {reserved >> 20} MiB it reserves): give at least "
+                    f"{-(-floor >> 20)}m"
+                )
+        return self
 
 
 class RayConfig(StrictModel):
@@ -132,6 +160,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         elif "storage_options" in parts or any(_SECRET_FIELD.search(p) for p in parts):
             # The rejected value may be a credential: name the field, never echo the value.
             lines.append(f"  {field}: {item['msg']} (value hidden)")
+        elif isinstance(item.get("input"), dict):  # a whole section: the message names it
+            lines.append(f"  {field}: {item['msg']}")
         else:
             lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

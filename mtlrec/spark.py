@@ -29,7 +29,7 @@ from pathlib import Path
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
-from mtlrec.config import LakeConfig, SparkConfig
+from mtlrec.config import LakeConfig, SparkConfig, jvm_size_bytes
 from mtlrec.errors import InputError, ResourceError
 from mtlrec.log import get_logger
 from mtlrec.storage import LakeStorage
@@ -53,6 +53,13 @@ _LOOPBACK_MASTER = re.compile(r"spark://(127\.0\.0\.1|localhost):")
 _OUT_OF_MEMORY = re.compile(
     r"java\.lang\.OutOfMemoryError[^\n]*|SparkOutOfMemoryError[^\n]*"
     r"|exit(?:ed)?(?: with)? (?:code|status):? 52\b[^\n]*|\bMemoryError\b[^\n]*"
+)
+# How cluster managers report an executor that ran out of memory: Spark's own exit code for
+# an OutOfMemoryError (SparkExitCode.OOM, standalone and YARN), YARN's and Kubernetes'
+# container memory kills.
+_EXECUTOR_OUT_OF_MEMORY = re.compile(
+    r"exit(?:ed)?(?: with)? (?:code|status):? 52\b[^\n]*|exceeding \w* ?memory limits[^\n]*"
+    r"|possible container OOM[^\n]*|OOMKilled[^\n]*"
 )
 _log = get_logger("spark")
 
@@ -94,15 +101,6 @@ def _submitted_conf() -> SparkConf:
 def on_this_machine(master: str) -> bool:
     """``local[...]``, or a standalone master on loopback (the project's local cluster)."""
     return master.startswith("local") or _LOOPBACK_MASTER.match(master) is not None
-
-
-def jvm_size_bytes(size: str) -> int:
-    """``4g``, ``512m``, ``4096`` (MiB, Spark's unit for a bare driver memory) in bytes."""
-    match = re.fullmatch(r"([0-9]+)([kmgtp]?)b?", size.strip().lower())
-    if match is None:
-        raise ValueError(f"not a JVM size: {size!r}")
-    number, unit = match.groups()
-    return int(number) * 1024 ** "kmgtp".index(unit or "m") * 1024
 
 
 def launch_conf(cfg: SparkConfig) -> dict[str, str]:
@@ -175,6 +173,28 @@ def _out_of_memory_cause(exc: BaseException) -> str | None:
     return None
 
 
+def _executor_out_of_memory(context: SparkContext) -> str | None:
+    """Why a cluster executor was removed, when it was for memory, from the driver's status
+    store (kept with the UI off; dead executors up to ``spark.ui.retainedDeadExecutors``).
+
+    On a cluster an executor whose task runs out of heap exits (code 52); its tasks and
+    shuffle outputs are lost, Spark retries the stage, and the job then fails on a lost
+    shuffle output (``MetadataFetchFailedException``) whose message names no memory at all.
+    """
+    try:
+        executors = context._jsc.sc().statusStore().executorList(False)
+        for i in range(executors.size()):
+            executor = executors.apply(i)
+            reason = executor.removeReason()
+            if reason.isDefined():
+                match = _EXECUTOR_OUT_OF_MEMORY.search(str(reason.get()))
+                if match:
+                    return f"executor {executor.id()} lost: {match.group(0).strip()[:160]}"
+    except Exception:  # a JVM that died cannot be asked: no cause from here
+        return None
+    return None
+
+
 @contextmanager
 def memory_failures_named(stage: str, cfg: SparkConfig) -> Iterator[None]:
     """Turn a memory failure inside ``stage`` into one ``OutOfMemoryStageError`` line
@@ -182,21 +202,32 @@ def memory_failures_named(stage: str, cfg: SparkConfig) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
+        context = SparkContext._active_spark_context
         cause = _out_of_memory_cause(exc)
+        on_executor = False
+        if cause is None and context is not None:
+            cause = _executor_out_of_memory(context)
+            on_executor = cause is not None
         if cause is None:
             raise
         # Stop Spark first: the job's other tasks are being cancelled, and their warnings
         # would otherwise follow the one line the user must read last.
-        context = SparkContext._active_spark_context
         if context is not None:
             with suppress(Exception):  # a JVM that died cannot be stopped: nothing to do
                 context.stop()
+        settings = (
+            f"spark.driver_memory={cfg.driver_memory}, spark.executor_memory="
+            f"{cfg.executor_memory}, spark.shuffle_partitions={cfg.shuffle_partitions}"
+        )
+        advice = (
+            "raise spark.executor_memory (each executor holds its tasks' data)"
+            if on_executor
+            else "raise spark.driver_memory (a local[*] master runs every task in the driver "
+            "JVM) or, on a cluster, spark.executor_memory"
+        )
         raise OutOfMemoryStageError(
-            f"{stage} ran out of memory ({cause}) with spark.driver_memory={cfg.driver_memory}, "
-            f"spark.executor_memory={cfg.executor_memory}, "
-            f"spark.shuffle_partitions={cfg.shuffle_partitions}: raise spark.driver_memory "
-            "(a local[*] master runs every task in the driver JVM) or, on a cluster, "
-            "spark.executor_memory; more spark.shuffle_partitions make each task hold less"
+            f"{stage} ran out of memory ({cause}) with {settings}: {advice}; more "
+            "spark.shuffle_partitions make each task hold less"
         ) from None
 
 

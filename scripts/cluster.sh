@@ -83,6 +83,13 @@ up() {
   local spark_port="${MTLREC_SPARK_PORT:-7077}" ui_port="${MTLREC_SPARK_UI_PORT:-8080}"
   local worker_ui="${MTLREC_SPARK_WORKER_UI_PORT:-8081}" ray_port="${MTLREC_RAY_PORT:-6379}"
   local dash_port="${MTLREC_RAY_DASHBOARD_PORT:-8265}"
+  local name_port
+  for name_port in "MTLREC_RAY_PORT=$ray_port" "MTLREC_RAY_DASHBOARD_PORT=$dash_port"; do
+    if ((${name_port#*=} >= 10002 && ${name_port#*=} <= 19999)); then
+      echo "cluster: $name_port lies in 10002-19999, the ports Ray gives its workers; choose another" >&2
+      exit 2
+    fi
+  done
   local sizes
   sizes="$(helper sizes "$@")"
   eval "$sizes"  # SPARK_WORKER_CORES, SPARK_WORKER_MEMORY, RAY_NODES, RAY_NODE_CPUS

@@ -90,10 +90,30 @@ def spark_workers(ui_url: str) -> None:
         )
 
 
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_ray(address: str, nodes: int, timeout_s: float) -> None:
     import ray
 
     deadline = time.monotonic() + timeout_s
+    # ray.init waits for the GCS without end; a head that died at start-up (its log says
+    # why) must fail the bring-up instead.
+    host, port = address.rsplit(":", 1)
+    while not _answers(host, int(port)):
+        if time.monotonic() > deadline:
+            print(
+                f"cluster: Ray's head does not answer on {address} after {timeout_s:.0f} s; "
+                "see logs/ray-head.log",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)
+        time.sleep(1)
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     try:
         alive: list[dict[str, Any]] = []

@@ -203,6 +203,15 @@ def test_up_refuses_when_it_is_already_up_or_a_port_is_taken(cluster: Cluster) -
     assert taken.returncode == 2
     assert f"{port} (MTLREC_SPARK_PORT)" in taken.stderr
     assert not _our_processes(other)
+    # A Ray port among those Ray hands its workers would kill the head at start-up.
+    other = Path(tempfile.mkdtemp(prefix="mtlrec-cl-", dir="/tmp"))
+    env = {**cluster.env, "MTLREC_CLUSTER_DIR": str(other), "MTLREC_RAY_PORT": "16379"}
+    clash = subprocess.run(
+        ["scripts/cluster.sh", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    shutil.rmtree(other, ignore_errors=True)
+    assert clash.returncode == 2
+    assert "MTLREC_RAY_PORT=16379 lies in 10002-19999" in clash.stderr
 
 
 def _canonical(value: Any) -> Any:

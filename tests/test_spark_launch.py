@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from mtlrec.config import SparkConfig
-from mtlrec.spark import jvm_size_bytes, submit_arguments
+from mtlrec.config import SparkConfig, jvm_size_bytes
+from mtlrec.spark import submit_arguments
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = "tests/spark_probe.py"
@@ -63,6 +64,26 @@ def test_jvm_sizes_compare_in_bytes() -> None:
     assert jvm_size_bytes("4g") == jvm_size_bytes("4096m")
     with pytest.raises(ValueError):
         jvm_size_bytes("4 gigs")
+
+
+def test_a_heap_below_sparks_floor_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    """An executor under 450 MiB is refused by every executor JVM a cluster launches, which
+    the cluster manager relaunches without end: refused at start, one line per heap."""
+    job = [sys.executable, "-m", "jobs.build_features", "--stage", "bronze"]
+    lake = ["--set", f"lake.root={tmp_path / 'lake'}", "--set", f"lake.raw_root={tmp_path}"]
+    small = subprocess.run(
+        [*job, *lake, "--set", "spark.executor_memory=256m"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert small.returncode == 2, small.stderr[-2000:]
+    assert "spark: Value error, spark.executor_memory=256m is below the 450 MiB" in small.stderr
+    assert "give at least 450m" in small.stderr and "Traceback" not in small.stderr
+    assert not (tmp_path / "lake").exists()
+    # Spark's own knob for its reserve moves the floor (the small-heap tests use it).
+    knob = {"spark.testing.reservedMemory": "0"}
+    assert SparkConfig(driver_memory="128m", executor_memory="64m", conf=knob)
+    with pytest.raises(ValueError, match=r"spark\.driver_memory=300m is below"):
+        SparkConfig(driver_memory="300m")
 
 
 @pytest.mark.slow
