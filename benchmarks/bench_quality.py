@@ -154,6 +154,14 @@ def label_column(spec: FeatureSpec, task: str) -> str:
     return spec.task(task).label_column
 
 
+def read_inputs(cfg: PipelineConfig) -> tuple[FeatureSpec, dict[str, Split], dict[str, float]]:
+    """The newest gold build's spec, its train/val/test splits and the oracle's test AUCs."""
+    lake = Lake.from_config(cfg.lake)
+    snapshot = GoldSnapshot.resolve(lake)
+    splits = read_splits(lake, snapshot, Path(cfg.generator.truth_root))
+    return snapshot.spec, splits, oracle_aucs(snapshot.spec, splits["test"])
+
+
 def oracle_aucs(spec: FeatureSpec, test: Split) -> dict[str, float]:
     assert test.oracle is not None
     return {
@@ -263,12 +271,8 @@ def run(ctx: BenchContext) -> PartResult:
             "train.schedule.warmup_steps=20",
         ]
     )
-    lake = Lake.from_config(cfg.lake)
-    snapshot = GoldSnapshot.resolve(lake)
-    spec = snapshot.spec
-    splits = read_splits(lake, snapshot, Path(cfg.generator.truth_root))
+    spec, splits, oracle = read_inputs(cfg)
     test = splits["test"]
-    oracle = oracle_aucs(spec, test)
     seeds = list(range(profile.repeats))
     threads = torch.get_num_threads()
     torch.set_num_threads(profile.quality_torch_threads)

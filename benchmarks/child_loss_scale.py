@@ -24,7 +24,6 @@ scale nearly irrelevant; it is the reference the shared architectures must match
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,17 +34,14 @@ from benchmarks.bench_quality import (
     auc_interval,
     bootstrap_rows,
     label_column,
-    oracle_aucs,
     predictions,
-    read_splits,
+    read_inputs,
     train,
 )
 from benchmarks.harness import lift_share, median
 from jobs.config import PipelineConfig
 from mtl_model.config import TrainConfig
 from mtlrec.config import load_config
-from mtlrec.gold_snapshot import GoldSnapshot
-from mtlrec.lake import Lake
 
 ARCHITECTURES = ("single_task", "shared_bottom", "mmoe", "ple", "esmm")
 CHILDREN = ("add_to_cart", "purchase")
@@ -82,12 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(PipelineConfig, args.config, args.overrides)
     torch.set_num_threads(args.threads)
-    lake = Lake.from_config(cfg.lake)
-    snapshot = GoldSnapshot.resolve(lake)
-    spec = snapshot.spec
-    splits = read_splits(lake, snapshot, Path(cfg.generator.truth_root))
+    spec, splits, oracle = read_inputs(cfg)
     test = splits["test"]
-    oracle = oracle_aucs(spec, test)
     labels = {t: test.batch[label_column(spec, t)].numpy() for t in ORACLE_TASKS}
     resamples = bootstrap_rows(test.rows, 200)
     print(f"rows: train {splits['train'].rows:,}, val {splits['val'].rows:,}, test {test.rows:,}"

@@ -43,13 +43,15 @@ from mtlrec.tables import BRONZE_EVENTS  # noqa: E402
 EPOCHS = 3
 AUC_TOLERANCE = 0.02  # tests/reliability/test_training_faults.py
 BINARY_TASKS = ("click", "add_to_cart", "purchase")
+# The cluster run's sizes, shared with tests/test_local_cluster.py: each Spark worker offers
+# one 1-core executor of this size; Ray gets a node per train worker, one CPU each.
 SMALL = [
     "spark.executor_memory=512m",
     "spark.executor_cores=1",
     "spark.driver_memory=1g",
     "spark.shuffle_partitions=2",
     "features.gold.shuffle_partitions=2",
-    "features.gold.text.enabled=false",
+    "features.gold.text.enabled=false",  # minutes of model loading, covered elsewhere
     "lake.row_group_bytes=16384",
     "ray.num_workers=2",
     "ray.cpus_per_worker=1",
@@ -58,7 +60,6 @@ SMALL = [
     "model.expert_hidden=[16]",
     "model.num_experts=2",
     "model.tower_hidden=[8]",
-    f"train.epochs={EPOCHS}",
     "train.batch_size=256",
     "train.eval_batch_size=1024",
     "train.schedule.warmup_steps=2",
@@ -210,6 +211,7 @@ def main() -> None:
         f"generator.truth_root={work}/truth",
         f"run.storage_path={work}/runs",
         *SMALL,
+        f"train.epochs={EPOCHS}",
         *args.set,
     ]
     overrides = [a for s in sets for a in ("--set", s)]

@@ -33,42 +33,21 @@ import pytest
 from jobs.generate_logs import main as generate_logs
 from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
+from scripts import cluster_faults
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = str(ROOT / ".venv/bin/python")
 GENERATOR = [
-    "generator.num_users=80",
-    "generator.num_items=60",
-    "generator.num_days=4",
-    "generator.processes=1",
-    "generator.seed=5",
+    *cluster_faults.GENERATOR,
     "generator.rates.click=0.08",
     "generator.rates.add_to_cart_given_click=0.4",
     "generator.rates.purchase_given_click=0.25",
 ]
 SMALL = [
-    # Each Spark worker offers one 1-core executor of this size; Ray gets a node per
-    # train worker, one CPU each.
-    "spark.executor_memory=512m",
-    "spark.executor_cores=1",
-    "spark.driver_memory=1g",
-    "spark.shuffle_partitions=2",
-    "features.gold.shuffle_partitions=2",
-    "features.gold.text.enabled=false",  # minutes of model loading, covered elsewhere
-    "lake.row_group_bytes=16384",
-    "ray.num_workers=2",
-    "ray.cpus_per_worker=1",
-    "model.embedding_dim=4",
-    "model.bottom_hidden=[16]",
-    "model.expert_hidden=[16]",
-    "model.num_experts=2",
-    "model.tower_hidden=[8]",
+    *cluster_faults.SMALL,
     "train.epochs=1",
-    "train.batch_size=256",
-    "train.eval_batch_size=1024",
-    "train.schedule.warmup_steps=2",
     "score.top_k=5",
     "score.candidates.per_user=12",
     "score.candidates.items_per_category=4",
@@ -482,3 +461,36 @@ def test_scoring_on_the_cluster_equals_local_scoring(
     on_cluster = _table_digest(built.cluster_lake, "gold/recommendations")
     assert on_cluster == _table_digest(built.local_lake, "gold/recommendations")
     assert on_cluster[0] > 0
+
+
+def test_an_executor_out_of_memory_ends_the_job_with_one_line_naming_the_setting(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A 300 MiB line cannot fit a 512 MiB executor: the executor exits (code 52), the
+    job then fails on the shuffle output it lost, whose message names no memory; the last
+    line still names the stage and spark.executor_memory, exit 1. One stage attempt
+    (Spark's default is four, each ending the same way) keeps the test short."""
+    day = tmp_path / "raw" / "events" / "dt=2026-10-01"
+    day.mkdir(parents=True)
+    event = {"event_id": "e1", "ts": "2026-10-01T10:00:00Z", "user_id": "u1", "item_id": "i1"}
+    with (day / "part-00000.jsonl").open("w") as out:
+        out.write(json.dumps({**event, "event_type": "impression", "note": "a" * (300 << 20)}))
+        out.write("\n" + json.dumps({**event, "event_id": "e2", "event_type": "click"}) + "\n")
+    settings = [
+        f"lake.raw_root={tmp_path / 'raw'}",
+        f"lake.root={tmp_path / 'lake'}",
+        *[s for s in SMALL if s.startswith("spark.")],
+        "features.bronze.max_line_bytes=1000000000",
+        'spark.conf={"spark.stage.maxConsecutiveAttempts": "1"}',
+    ]
+    job = ["jobs/build_features.py", "--stage", "bronze"]
+    run = subprocess.run(
+        ["scripts/submit.sh", "--master", cluster.master, *job]
+        + [a for s in settings for a in ("--set", s)],
+        cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("build_features: bronze ran out of memory (executor "), last
+    assert "exited with code 52" in last and "raise spark.executor_memory" in last
+    assert "spark.executor_memory=512m" in last
