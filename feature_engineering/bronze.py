@@ -50,6 +50,7 @@ from mtlrec.errors import CheckError
 from mtlrec.lake import Lake, PartitionFilter
 from mtlrec.log import get_logger, log_stage
 from mtlrec.raw_contract import REQUIRED_FIELDS, FormatReason, QuarantineReason
+from mtlrec.spark import filters_stay_above_projections
 from mtlrec.tables import BRONZE_EVENTS, BRONZE_QUARANTINE, BRONZE_SKIPPED_FILES
 
 STRING_FIELDS = (
@@ -473,22 +474,25 @@ def run_bronze(
     # buffers in the heap, and bronze on 2 KiB lines then died in a 128m and a 256m heap
     # where the uncached plan completes (tests/test_bronze.py, small-heap test).
     classified = classify(read_pieces(spark, plan.pieces, cfg.max_line_bytes), fcfg, window)
-    lake.write_table(
-        classified.where(F.col("reason").isNull()).select(*EVENT_COLUMNS),
-        BRONZE_EVENTS,
-        mode="overwrite",
-        partition_by=["dt", "ingest_dt"],
-        replace_partitions=replace,  # every event day of these ingest days
-        run_id=tagged(BRONZE_EVENTS),
-    )
-    lake.write_table(
-        classified.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS),
-        BRONZE_QUARANTINE,
-        mode="overwrite",
-        partition_by=["ingest_dt"],
-        replace_partitions=replace,
-        run_id=tagged(BRONZE_QUARANTINE),
-    )
+    # Each write tests ``reason`` on the classified lines: pushed below classify's
+    # projections, that test would parse and check every line again inside the filter.
+    with filters_stay_above_projections(spark):
+        lake.write_table(
+            classified.where(F.col("reason").isNull()).select(*EVENT_COLUMNS),
+            BRONZE_EVENTS,
+            mode="overwrite",
+            partition_by=["dt", "ingest_dt"],
+            replace_partitions=replace,  # every event day of these ingest days
+            run_id=tagged(BRONZE_EVENTS),
+        )
+        lake.write_table(
+            classified.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS),
+            BRONZE_QUARANTINE,
+            mode="overwrite",
+            partition_by=["ingest_dt"],
+            replace_partitions=replace,
+            run_id=tagged(BRONZE_QUARANTINE),
+        )
 
     written, quarantined, by_reason = reconcile_files(spark, lake, run_days, lines_per_file)
     skipped_by_reason = dict(Counter(s.reason.value for s in listing.skipped))

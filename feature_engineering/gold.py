@@ -26,8 +26,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark import StorageLevel
@@ -62,6 +61,7 @@ from mtlrec.errors import InputError
 from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
+from mtlrec.spark import session_conf
 from mtlrec.tables import (
     GOLD_EXAMPLES,
     GOLD_FEATURE_SPEC,
@@ -82,19 +82,6 @@ class GoldError(InputError, RuntimeError):
     """The gold stage cannot run on this input or configuration."""
 
 
-@contextmanager
-def _shuffle_partitions(spark: SparkSession, partitions: int | None) -> Iterator[None]:
-    key = "spark.sql.shuffle.partitions"
-    previous = spark.conf.get(key)
-    if partitions is not None:
-        spark.conf.set(key, str(partitions))
-    try:
-        yield
-    finally:
-        if previous is not None:
-            spark.conf.set(key, previous)
-
-
 def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
     """Build every gold table from the current silver snapshot; returns the build id."""
     started = time.monotonic()
@@ -103,7 +90,8 @@ def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
         if not lake.exists(table):
             raise GoldError(f"{table} does not exist under {lake.root}: run the silver stage first")
     versions = {t: lake.version(t) for t in SILVER_TABLES}
-    with _shuffle_partitions(spark, cfg.shuffle_partitions):
+    partitions = None if cfg.shuffle_partitions is None else str(cfg.shuffle_partitions)
+    with session_conf(spark, {"spark.sql.shuffle.partitions": partitions}):
         events, items, users = (
             lake.read_table(spark, t, version=versions[t]) for t in SILVER_TABLES
         )

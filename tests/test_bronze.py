@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +18,16 @@ from typing import Any
 import pytest
 import yaml
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from reliability.corpus import event
 
-from feature_engineering.bronze import BronzeResult, run_bronze
+from feature_engineering.bronze import BronzeResult, classify, run_bronze
 from feature_engineering.config import BronzeConfig, FeatureConfig
-from feature_engineering.raw_input import RawInputError
+from feature_engineering.raw_input import RawInputError, list_raw, read_numbered_lines
 from jobs.build_features import main
 from mtlrec.lake import Lake
 from mtlrec.raw_contract import QuarantineReason as Q
+from mtlrec.spark import filters_stay_above_projections
 
 pytestmark = pytest.mark.spark
 
@@ -192,6 +195,33 @@ def test_rerunning_a_day_replaces_exactly_its_rows(
     assert events.num_rows == first.events
     assert len(set(events.column("event_id").to_pylist())) == first.events
     assert lake.read_arrow("bronze/quarantine").num_rows == first.quarantined
+
+
+def _filter_predicates(spark: SparkSession, raw_root: Path) -> list[str]:
+    """The predicates of the Filters in the optimized plan of bronze's events write."""
+    mapping = CFG.raw_mapping
+    files = list_raw(str(raw_root), mapping.events_dir, mapping.file_glob, None).files
+    lines = read_numbered_lines(spark, files, MAX_LINE_BYTES)
+    events = classify(lines, CFG, None).where(F.col("reason").isNull())
+    plan = events._jdf.queryExecution().optimizedPlan().treeString()
+    return [m.group(1) for t in plan.splitlines() if (m := re.match(r"^[ :|+-]*Filter (.*)", t))]
+
+
+def test_the_writes_test_reason_on_lines_classified_once(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Catalyst pushes a filter on ``reason`` below classify's projections, inlining the
+    whole classification (a JSON parse per field it reads) into the predicate; bronze's
+    writes keep the filter above, testing the column classify computed once."""
+    write_raw(tmp_path / "raw")
+    tests_reason = re.compile(r"isnull\(reason#[0-9]+\)")
+    pushed = _filter_predicates(spark, tmp_path / "raw")
+    assert pushed and not any(tests_reason.fullmatch(p) for p in pushed)
+    with filters_stay_above_projections(spark):
+        kept = _filter_predicates(spark, tmp_path / "raw")
+    assert len(kept) == 1 and tests_reason.fullmatch(kept[0]), kept
+    # The setting is scoped: the next plan is optimized as before.
+    assert not any(tests_reason.fullmatch(p) for p in _filter_predicates(spark, tmp_path / "raw"))
 
 
 def test_missing_input_names_the_path_and_writes_nothing(
