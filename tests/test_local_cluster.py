@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,11 +34,13 @@ import pytest
 from jobs.generate_logs import main as generate_logs
 from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
-from scripts import cluster_faults
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # scripts/ is not an installed package
+from scripts import cluster_faults  # noqa: E402  (the cluster run's sizes, one list)
+
 PY = str(ROOT / ".venv/bin/python")
 GENERATOR = [
     *cluster_faults.GENERATOR,
@@ -484,13 +487,17 @@ def test_an_executor_out_of_memory_ends_the_job_with_one_line_naming_the_setting
         'spark.conf={"spark.stage.maxConsecutiveAttempts": "1"}',
     ]
     job = ["jobs/build_features.py", "--stage", "bronze"]
+    # What the user's terminal shows: spark-submit's JVM relays the Python driver's stdout
+    # and stderr onto its own stdout, beside the JVM's log on stderr.
     run = subprocess.run(
         ["scripts/submit.sh", "--master", cluster.master, *job]
         + [a for s in settings for a in ("--set", s)],
-        cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=900,
     )  # fmt: skip
-    assert run.returncode == 1, run.stderr[-3000:]
-    last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("build_features: bronze ran out of memory (executor "), last
+    said = "\n".join(x for x in run.stdout.splitlines() if not x.lstrip().startswith("at "))
+    assert run.returncode == 1, said[-5000:]
+    last = run.stdout.strip().splitlines()[-1]
+    assert last.startswith("build_features: bronze ran out of memory ("), said[-5000:]
     assert "exited with code 52" in last and "raise spark.executor_memory" in last
     assert "spark.executor_memory=512m" in last
