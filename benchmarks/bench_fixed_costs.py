@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     this_tree = Path(__file__).resolve().parent.parent
     trees = {"baseline": args.baseline_tree.resolve(), "this": this_tree}
     workdir: Path = args.workdir
-    shutil.rmtree(workdir / "raw", ignore_errors=True)
     generator = [
         f"lake.raw_root={workdir / 'raw'}",
         f"generator.truth_root={workdir / 'truth'}",
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         f"generator.num_days={args.days}",
         "generator.processes=1",
     ]
-    command = [sys.executable, "-m", "jobs.generate_logs"]
+    command = [sys.executable, "-m", "jobs.generate_logs", "--overwrite"]  # a rerun's log
     for item in generator:
         command += ["--set", item]
     generated = subprocess.run(command, cwd=this_tree, check=True, capture_output=True, text=True)
