@@ -30,7 +30,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from mtlrec.config import LakeConfig, SparkConfig, jvm_size_bytes
-from mtlrec.errors import InputError, ResourceError
+from mtlrec.errors import InputError, JobError, ResourceError
 from mtlrec.log import get_logger
 from mtlrec.storage import LakeStorage
 
@@ -205,7 +205,9 @@ def memory_failures_named(stage: str, cfg: SparkConfig) -> Iterator[None]:
         context = SparkContext._active_spark_context
         cause = _out_of_memory_cause(exc)
         on_executor = False
-        if cause is None and context is not None:
+        # A job's own error (a failed reconciliation, a bad input) stays itself, even when
+        # an executor died of memory earlier in the job and Spark recovered from it.
+        if cause is None and context is not None and not isinstance(exc, JobError):
             cause = _executor_out_of_memory(context)
             on_executor = cause is not None
         if cause is None:
