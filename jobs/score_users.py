@@ -57,7 +57,7 @@ from mtlrec.config import add_config_arguments, iso_day
 from mtlrec.errors import run_job
 from mtlrec.lake import Lake
 from mtlrec.log import get_logger, log_stage
-from mtlrec.spark import get_spark
+from mtlrec.spark import get_spark, memory_failures_named
 
 _log = get_logger("score_users")
 
@@ -103,30 +103,33 @@ def score(args: argparse.Namespace) -> None:
         plan.day, args.model, plan.model_version, plan.build.ref.build_id,
     )  # fmt: skip
     lake.check_writable()
-    spark = get_spark(cfg.spark, cfg.lake)
-    users = users_to_score(spark, lake, plan.day, cfg.score.active_days, args.users).persist()
-    history = history_events(spark, lake, cfg.score, cfg.features.gold, plan.day).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
-    try:
-        user_count = users.count()
-        if user_count == 0:
-            raise ScoringInputError(
-                f"no users to score for {plan.day}: the --users file is empty, or no user "
-                f"was active in the {cfg.score.active_days} days before it"
-            )
-        _log.info("%d users to score", user_count)
-        result = lake.write_table(
-            recommend(spark, lake, cfg.score, cfg.features.gold, plan, users, history),
-            plan.table,
-            mode="overwrite",
-            partition_by=PARTITION_COLUMNS,
-            replace_partitions="written",
+    # An executor (or, on local[*], the driver) out of memory ends in one line naming the
+    # setting to raise, as the feature job's stages do.
+    with memory_failures_named("scoring", cfg.spark):
+        spark = get_spark(cfg.spark, cfg.lake)
+        users = users_to_score(spark, lake, plan.day, cfg.score.active_days, args.users).persist()
+        history = history_events(spark, lake, cfg.score, cfg.features.gold, plan.day).persist(
+            StorageLevel.MEMORY_AND_DISK
         )
-        rows = verify_partition(spark, lake, plan, user_count, cfg.score.top_k)
-    finally:
-        users.unpersist()
-        history.unpersist()
+        try:
+            user_count = users.count()
+            if user_count == 0:
+                raise ScoringInputError(
+                    f"no users to score for {plan.day}: the --users file is empty, or no user "
+                    f"was active in the {cfg.score.active_days} days before it"
+                )
+            _log.info("%d users to score", user_count)
+            result = lake.write_table(
+                recommend(spark, lake, cfg.score, cfg.features.gold, plan, users, history),
+                plan.table,
+                mode="overwrite",
+                partition_by=PARTITION_COLUMNS,
+                replace_partitions="written",
+            )
+            rows = verify_partition(spark, lake, plan, user_count, cfg.score.top_k)
+        finally:
+            users.unpersist()
+            history.unpersist()
     log_stage(
         _log,
         "score",
