@@ -47,19 +47,20 @@ DRIVER_LAUNCH_CONF = (
     "spark.jars.packages",
 )
 _LOOPBACK_MASTER = re.compile(r"spark://(127\.0\.0\.1|localhost):")
+# An executor JVM that exited with Spark's status for an OutOfMemoryError (SparkExitCode.OOM).
+_EXIT_52 = r"exit(?:ed)?(?: with)? (?:code|status):? 52\b[^\n]*"
 # How a memory failure reaches the Python driver: a task's or the driver's Java heap
-# (in the error's text, Java stack included), Spark's own accounting, an executor JVM
-# that exited with Spark's OOM status 52, or a Python worker's MemoryError.
+# (in the error's text, Java stack included), Spark's own accounting, an executor's exit
+# status 52, or a Python worker's MemoryError.
 _OUT_OF_MEMORY = re.compile(
     r"java\.lang\.OutOfMemoryError[^\n]*|SparkOutOfMemoryError[^\n]*"
-    r"|exit(?:ed)?(?: with)? (?:code|status):? 52\b[^\n]*|\bMemoryError\b[^\n]*"
+    rf"|{_EXIT_52}|\bMemoryError\b[^\n]*"
 )
-# How cluster managers report an executor that ran out of memory: Spark's own exit code for
-# an OutOfMemoryError (SparkExitCode.OOM, standalone and YARN), YARN's and Kubernetes'
-# container memory kills.
+# How cluster managers report an executor they removed for memory: status 52 (standalone
+# and YARN), YARN's and Kubernetes' container memory kills.
 _EXECUTOR_OUT_OF_MEMORY = re.compile(
-    r"exit(?:ed)?(?: with)? (?:code|status):? 52\b[^\n]*|exceeding \w* ?memory limits[^\n]*"
-    r"|possible container OOM[^\n]*|OOMKilled[^\n]*"
+    rf"{_EXIT_52}|exceeding \w* ?memory limits[^\n]*|possible container OOM[^\n]*"
+    r"|OOMKilled[^\n]*"
 )
 _log = get_logger("spark")
 
