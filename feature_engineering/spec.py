@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -32,20 +33,66 @@ TASKS = [
 ]
 
 
+# Each value becomes an integer of at most this many bits (plus sign) before it is summed,
+# so a value's square fits a long and a sum of squares fits decimal(38, 0) for 2**66 rows.
+_FIXED_POINT_BITS = 30
+
+
 def dense_statistics(
     train: DataFrame, columns: Sequence[str], std_floor: float
 ) -> dict[str, tuple[float, float]]:
-    """Column -> (mean, std) over the train rows, one aggregate row to the driver."""
-    aggs = []
-    for i, column in enumerate(columns):
-        value = F.col(column).cast("double")
-        aggs += [F.mean(value).alias(f"m{i}"), F.stddev_pop(value).alias(f"s{i}")]
-    row = train.agg(*aggs).first()
-    if row is None or row["m0"] is None:
+    """Column -> (mean, std) over the train rows, the same bits whatever the row order.
+
+    A sum of doubles depends on the order Spark merges its partial sums (shuffle fetch
+    order), so ``F.mean``/``F.stddev_pop`` differ in their last bits between two runs over
+    the same rows, and an identical re-run would write a different spec. Instead, two
+    aggregate rows: each column's count, min and max (exact in any order); then the sums of
+    its values in fixed point, ``q = rint((x - centre) * 2**k)`` with ``|q| <= 2**30``, summed
+    as decimals (exact, so in any order) and turned into mean and std with exact fractions on
+    the driver. The fixed point keeps 2**-30 of the column's half-range: a mean or std
+    off by that much does not change a standardised input.
+    """
+    values = [F.col(column).cast("double") for column in columns]
+    bounds = train.agg(
+        *(
+            agg(value).alias(f"{name}{i}")
+            for i, value in enumerate(values)
+            for name, agg in (("n", F.count), ("lo", F.min), ("hi", F.max))
+        )
+    ).first()
+    if bounds is None or not bounds["n0"]:
         raise ValueError("no train rows to compute dense statistics from")
-    stats = {}
+    fixed_point: list[tuple[float, int]] = []  # per column: (centre, k)
     for i, column in enumerate(columns):
-        mean, std = float(row[f"m{i}"]), float(row[f"s{i}"] or 0.0)
+        low, high = bounds[f"lo{i}"], bounds[f"hi{i}"]
+        if not bounds[f"n{i}"]:
+            raise ValueError(f"dense feature {column!r} has no values on train days")
+        if not math.isfinite(low) or not math.isfinite(high):
+            raise ValueError(f"dense feature {column!r} has a non-finite mean/std on train days")
+        centre = low / 2 + high / 2  # halves first: high + low may overflow
+        half_range = max(high - centre, centre - low)
+        # The largest k with half_range * 2**k < 2**30 (k <= 1000 keeps 2**k finite).
+        k = min(_FIXED_POINT_BITS - math.frexp(half_range)[1], 1000) if half_range else 0
+        fixed_point.append((centre, k))
+    sums = train.agg(
+        *(
+            aggregate
+            for i, (value, (centre, k)) in enumerate(zip(values, fixed_point, strict=True))
+            for q in [F.rint((value - F.lit(centre)) * F.lit(math.ldexp(1.0, k))).cast("long")]
+            for aggregate in (
+                F.sum(q.cast("decimal(38,0)")).alias(f"s{i}"),
+                F.sum((q * q).cast("decimal(38,0)")).alias(f"ss{i}"),
+            )
+        )
+    ).first()
+    assert sums is not None  # an aggregate without grouping always returns one row
+    stats = {}
+    for i, (column, (centre, k)) in enumerate(zip(columns, fixed_point, strict=True)):
+        n = int(bounds[f"n{i}"])
+        mean_q = Fraction(int(sums[f"s{i}"]), n)
+        variance_q = Fraction(int(sums[f"ss{i}"]), n) - mean_q**2
+        mean = float(Fraction(centre) + mean_q / Fraction(2) ** k)
+        std = math.sqrt(variance_q) * math.ldexp(1.0, -k)  # inf, not an error, past 1e308
         if not math.isfinite(mean) or not math.isfinite(std):
             raise ValueError(f"dense feature {column!r} has a non-finite mean/std on train days")
         stats[column] = (mean, max(std, std_floor))

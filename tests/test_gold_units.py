@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import random
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from feature_engineering.point_in_time import (
     user_affinities,
     user_features,
 )
+from feature_engineering.spec import dense_statistics
 from feature_engineering.splits import SplitError, plan_splits
 
 DAYS = [f"2026-10-{d:02d}" for d in range(1, 11)]
@@ -142,3 +144,31 @@ def test_a_late_line_counts_only_after_the_day_it_arrived(spark: SparkSession) -
     assert {k for k, v in tops.items() if v} == {
         ("u_on_time", 0), ("u_on_time", 1), ("u_on_time", 2), ("u_late", 2),
     }  # fmt: skip
+
+
+def test_dense_statistics_are_the_same_bits_in_any_row_order(spark: SparkSession) -> None:
+    # Magnitudes from 1e-3 to 1e6: a float sum of these depends on the order it adds them,
+    # which is what Spark's partial sums do between two runs over the same rows.
+    rng = random.Random(7)
+    values = [rng.lognormvariate(0, 3) * rng.choice([-1, 1]) for _ in range(4000)]
+    reordered = list(reversed(values))
+    assert sum(values) != sum(reordered), "the data must be order-sensitive for this test"
+    columns = ["x", "constant"]
+
+    def statistics(rows: list[float], partitions: int) -> dict[str, tuple[float, float]]:
+        frame = spark.createDataFrame(
+            spark.sparkContext.parallelize([(v, 2.5) for v in rows], partitions), columns
+        )
+        return dense_statistics(frame, columns, std_floor=1e-6)
+
+    one, three = statistics(values, 1), statistics(reordered, 3)
+    assert one == three
+    mean, std = one["x"]
+    assert mean == pytest.approx(math.fsum(values) / len(values), rel=1e-7)
+    assert std == pytest.approx(statistics_std(values), rel=1e-7)
+    assert one["constant"] == (2.5, 1e-6)
+
+
+def statistics_std(values: list[float]) -> float:
+    mean = math.fsum(values) / len(values)
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
