@@ -19,6 +19,7 @@ entity-days x lookback, not to events x days.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from dataclasses import dataclass
 from typing import overload
 
@@ -167,6 +168,11 @@ def _counts_and_rates(prefix: str, cfg: GoldConfig) -> list[Column]:
     ]
 
 
+# Click prices are summed scaled by 2**-64: exact (a power of two), and a sum of finite
+# prices then stays finite whatever they are (two of 1e308 overflow a double to inf).
+_PRICE_SCALE = 2.0**-64
+
+
 def user_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> DataFrame:
     """(user_id, as_of_day, dense user features) for users active in the lookback window.
 
@@ -181,7 +187,9 @@ def user_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> 
             *[_count(t).alias(f"n_{t}") for t in EVENT_TYPES],
             F.max("event_ts").alias("last_ts"),
             F.max(F.when(is_click, F.col("event_ts"))).alias("last_click_ts"),
-            F.sum(F.when(is_click, F.col("item_price"))).alias("click_price_sum"),
+            F.sum(F.when(is_click, F.col("item_price") * F.lit(_PRICE_SCALE))).alias(
+                "click_price_sum"
+            ),
             F.sum((is_click & F.col("item_price").isNotNull()).cast("long")).alias("click_priced"),
         )
     )
@@ -199,6 +207,9 @@ def user_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> 
         )
     )
     as_of_s = day_start_seconds(F.col("as_of_day"))
+    # Scaled back; the mean is at most the largest price, so finite (bar its last bit,
+    # which ``least`` takes care of).
+    mean_price = F.col("price_sum") / F.col("price_n") / F.lit(_PRICE_SCALE)
 
     def days_since(column: str) -> Column:
         since = (as_of_s - F.col(column).cast("double")) / F.lit(_SECONDS_PER_DAY)
@@ -211,7 +222,8 @@ def user_features(events: DataFrame, as_of_days: list[int], cfg: GoldConfig) -> 
         days_since("last_ts").cast("float").alias("user_days_since_last_event"),
         days_since("last_click_ts").cast("float").alias("user_days_since_last_click"),
         F.coalesce(
-            F.log1p(F.col("price_sum") / F.col("price_n")).cast("float"), F.lit(0.0).cast("float")
+            F.log1p(F.least(mean_price, F.lit(sys.float_info.max))).cast("float"),
+            F.lit(0.0).cast("float"),
         ).alias("user_log_mean_click_price"),
     )
 

@@ -172,3 +172,32 @@ def test_dense_statistics_are_the_same_bits_in_any_row_order(spark: SparkSession
 def statistics_std(values: list[float]) -> float:
     mean = math.fsum(values) / len(values)
     return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+
+
+@pytest.mark.spark
+def test_the_mean_click_price_of_huge_prices_is_finite(spark: SparkSession) -> None:
+    """Two clicks at 1.5e308 overflow a plain sum of doubles; the feature is log1p of their
+    mean, as for any price."""
+    cfg = GoldConfig()
+
+    def click(event_id: str, price: float) -> dict[str, Any]:
+        row: dict[str, Any] = dict.fromkeys(EVENT_SCHEMA.fieldNames())
+        row.update(
+            event_id=event_id,
+            event_ts=dt.datetime(2026, 10, 1, 10, tzinfo=dt.UTC),
+            dt="2026-10-01",
+            ingest_dt="2026-10-01",
+            user_id="u",
+            event_type="click",
+            item_id=event_id,
+            item_price=price,
+        )
+        return row
+
+    events = spark.createDataFrame(
+        [click("a", 1.5e308), click("b", 1.5e308), click("c", 3.0)], EVENT_SCHEMA
+    )
+    row = user_features(events, [day_number("2026-10-02")], cfg).first()
+    assert row is not None
+    mean = 1.5e308 / 3 * 2 + 1.0
+    assert row["user_log_mean_click_price"] == pytest.approx(math.log1p(mean), rel=1e-6)
