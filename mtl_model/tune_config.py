@@ -184,11 +184,11 @@ class TuneConfig(StrictModel):
         "of ray.cpus_per_worker CPUs, plus trial_cpus for its driver.",
     )
     trial_cpus: float = Field(
-        0.0,
-        ge=0,
+        0.25,
+        gt=0,
         description="CPUs reserved for each trial's driver, which launches the trial's Ray "
-        "Train workers (they reserve ray.cpus_per_worker each) and then only waits; 0 lets "
-        "a trial fit on a machine whose CPUs its workers take.",
+        "Train workers (they reserve ray.cpus_per_worker each) and then only waits. A local "
+        "Ray is sized to hold max_concurrent_trials trials at once.",
     )
     seed: int = Field(0, description="Seed of the search's draws (trials keep train.seed).")
 
