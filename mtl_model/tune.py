@@ -116,7 +116,7 @@ class _EpochReports(TuneReportCallback):
         super().after_report(run_context, [{**record, EPOCHS: record["epoch"] + 1}], None)
 
 
-def trial_bundle(
+def _trial_bundle(
     plan_base: Mapping[str, Any], values: Mapping[str, Any], ray_cfg: RayConfig, trials_path: str
 ) -> RunConfigBundle:
     """The training bundle of one trial: its values over the base config, its runs under
@@ -140,7 +140,7 @@ def _trial(
     trials_path: str,
 ) -> None:
     """One Tune trial: the train job's run, named after the trial, reporting each epoch."""
-    bundle = trial_bundle(base, values, ray_cfg, trials_path)
+    bundle = _trial_bundle(base, values, ray_cfg, trials_path)
     trial_id = ray.tune.get_context().get_trial_id()
     callbacks: list[UserCallback] = [_EpochReports()]
     result = run_training(inputs, bundle, trial_id, callbacks=callbacks)
