@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,9 @@ from mtlrec.config import RayConfig
 from mtlrec.log import get_logger
 
 _log = get_logger("tune")
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b[^:]*:")
 
 EPOCHS = "epochs"
 """ASHA's time attribute: epochs a trial has finished (the record's 0-based epoch + 1)."""
@@ -247,8 +251,12 @@ class _Progress(ray.tune.Callback):
 
 
 def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    """The line of a trial's error that says what failed: the last ``SomeError: ...`` line
+    of its text (a Ray error ends with the worker's own exception), without colour codes."""
+    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
+    raised = [line for line in lines if _RAISED.match(line)]
+    line = raised[-1] if raised else lines[-1] if lines else type(error).__name__
+    return line[:500]
 
 
 def run_search(plan: SearchPlan) -> list[TrialSummary]:
