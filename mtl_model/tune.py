@@ -267,8 +267,8 @@ def run_search(plan: SearchPlan) -> list[TrialSummary]:
         max_t=cfg.asha.max_epochs,
         grace_period=cfg.asha.grace_epochs,
         reduction_factor=cfg.asha.reduction_factor,
-        # A trial at its last epoch ends by itself: stopping it there would kill it while
-        # its workers evaluate the test split, which only wastes the cleanup above.
+        # A trial at its last epoch ends by itself; stopping it there would kill it while
+        # its workers still evaluate the test split, leaving their cleanup to search_ray's.
         stop_last_trials=False,
     )
     trainable = ray.tune.with_resources(
