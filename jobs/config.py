@@ -16,6 +16,7 @@ from feature_engineering.config import FeatureConfig
 from mtl_model.config import ModelConfig, TrainConfig
 from mtl_model.run_config import TrainRunConfig
 from mtl_model.scoring_config import ScoringConfig
+from mtl_model.tune_config import TuneConfig
 from mtlrec.config import (
     ConfigError,
     LakeConfig,
@@ -37,6 +38,7 @@ class PipelineConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     run: TrainRunConfig = Field(default_factory=TrainRunConfig)
     score: ScoringConfig = Field(default_factory=ScoringConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
 
 def load_pipeline_config(args: argparse.Namespace) -> PipelineConfig:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from jobs.config import PipelineConfig, job_config
 from mtlrec import private_network
-from mtlrec.config import add_config_arguments
+from mtlrec.config import RayConfig, add_config_arguments
 from mtlrec.errors import InputError, run_job
 from mtlrec.gold_build import build_ref
 from mtlrec.gold_snapshot import GoldSnapshot
@@ -43,12 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Train a multi-task model data-parallel on Ray Train (Petastorm input).",
     )
     add_config_arguments(parser)
-    parser.add_argument(
-        "--ray-address",
-        default=None,
-        help="join a Ray cluster ('auto' or 'ray://host:port'); default: ray.address, "
-        "else a local Ray",
-    )
+    add_ray_address_argument(parser)
     parser.add_argument(
         "--resume",
         metavar="RUN",
@@ -56,6 +51,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="continue the stopped run RUN from its newest readable checkpoint",
     )
     return parser.parse_args(argv)
+
+
+def add_ray_address_argument(parser: argparse.ArgumentParser) -> None:
+    """``--ray-address``, for every job that runs on Ray (``ray_for_job`` reads it)."""
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="join a Ray cluster ('auto' or 'ray://host:port'); default: ray.address, "
+        "else a local Ray",
+    )
 
 
 def write_curves(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -124,8 +129,58 @@ def _needs_outside_network(cfg: PipelineConfig) -> str | None:
     return None
 
 
+def ray_for_job(
+    cfg: PipelineConfig,
+    ray_address: str | None,
+    module: str,
+    argv: list[str] | None,
+    may_reexec: bool,
+) -> RayConfig:
+    """The Ray section a job on Ray runs with: ``--ray-address`` wins over ``ray.address``.
+
+    A local Ray (no address) with ``ray.private_network`` re-executes the job
+    (``python -m module argv``) in a private network namespace when ``may_reexec`` allows
+    it and nothing the run touches lies beyond this machine: then this call does not
+    return. In the re-executed process it brings loopback up before Ray starts.
+    """
+    if private_network.inside():
+        private_network.bring_loopback_up()
+    ray_cfg = cfg.ray.model_copy(update={"address": ray_address or cfg.ray.address})
+    local_ray = ray_cfg.address is None
+    if may_reexec and local_ray and cfg.ray.private_network and not private_network.inside():
+        blocker = _needs_outside_network(cfg) or private_network.unavailable_reason()
+        if blocker is None:
+            private_network.reexec(module, sys.argv[1:] if argv is None else argv)
+        _log.warning(
+            "ray.private_network not applied (%s): Ray's servers listen on all interfaces",
+            blocker,
+        )
+    return ray_cfg
+
+
 class RunNameError(InputError):
     """A run that cannot start under this name or resume point."""
+
+
+def checked_run_name(name: str) -> str:
+    """``name``, if it is a safe directory name under run.storage_path (else exit 2)."""
+    if not _RUN_NAME.fullmatch(name):
+        # The name is a directory under run.storage_path: nothing may point outside it.
+        raise RunNameError(
+            f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def local_run_dir(cfg: PipelineConfig, name: str) -> Path:
+    """Where the driver writes the outputs of run ``name``.
+
+    Local runs resolve to an absolute path; object-store runs (s3://...) are written by
+    Ray's storage layer, and the driver's outputs go to a local mirror of the run.
+    """
+    storage = cfg.run.storage_path
+    return (Path(storage).resolve() if "://" not in storage else Path("runs")) / name
 
 
 def main(argv: list[str] | None = None, *, may_reexec: bool = False) -> int:
@@ -135,8 +190,6 @@ def main(argv: list[str] | None = None, *, may_reexec: bool = False) -> int:
 
 
 def _train(argv: list[str] | None, may_reexec: bool) -> None:
-    if private_network.inside():
-        private_network.bring_loopback_up()
     args = parse_args(argv)
     cfg = job_config(args, "train")
     # Heavy imports after the config is known to be valid: --help and bad configs stay fast.
@@ -150,28 +203,12 @@ def _train(argv: list[str] | None, may_reexec: bool) -> None:
         train_rows_for,
     )
 
-    ray_cfg = cfg.ray.model_copy(update={"address": args.ray_address or cfg.ray.address})
+    run_name = checked_run_name(
+        args.resume or cfg.run.name or f"mtl-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    )
+    ray_cfg = ray_for_job(cfg, args.ray_address, "jobs.train", argv, may_reexec)
     bundle = RunConfigBundle(cfg.model, cfg.train, cfg.run, ray_cfg)
-    run_name = args.resume or cfg.run.name or f"mtl-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    if not _RUN_NAME.fullmatch(run_name):
-        # The name is a directory under run.storage_path: nothing may point outside it.
-        raise RunNameError(
-            f"invalid run name {run_name!r}: use letters, digits, '.', '_' and '-' "
-            "(starting with a letter or digit)"
-        )
-    local_ray = ray_cfg.address is None
-    if may_reexec and local_ray and cfg.ray.private_network and not private_network.inside():
-        blocker = _needs_outside_network(cfg) or private_network.unavailable_reason()
-        if blocker is None:
-            private_network.reexec("jobs.train", sys.argv[1:] if argv is None else argv)
-        _log.warning(
-            "ray.private_network not applied (%s): Ray's servers listen on all interfaces",
-            blocker,
-        )
-    # Local runs resolve to an absolute path; object-store runs (s3://...) are written by
-    # Ray's storage layer, and the driver's outputs go to a local mirror of the run.
-    storage = cfg.run.storage_path
-    run_dir = (Path(storage).resolve() if "://" not in storage else Path("runs")) / run_name
+    run_dir = local_run_dir(cfg, run_name)
     resume_from = None
     if args.resume is not None:
         resume_from = newest_readable_checkpoint(run_dir)

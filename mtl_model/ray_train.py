@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -316,8 +317,11 @@ class RayCluster:
     resources: dict[str, float]
 
 
-def init_ray(cfg: RayConfig) -> RayCluster:
+def init_ray(cfg: RayConfig, cpus_needed: float | None = None) -> RayCluster:
     """Start this job's own local Ray (``ray.address`` null), or join the named cluster.
+
+    A local Ray gets the machine's CPUs, or more if the job reserves more at once:
+    ``cpus_needed``, by default one run's workers (a search passes its concurrent trials').
 
     A bare ``ray.init()`` would look at ``RAY_ADDRESS`` and Ray's current-cluster file
     (``$RAY_TMPDIR``, else ``$TMPDIR``, else ``/tmp``, then ``ray/ray_current_cluster``,
@@ -334,7 +338,10 @@ def init_ray(cfg: RayConfig) -> RayCluster:
                 address="local",
                 include_dashboard=cfg.include_dashboard,
                 dashboard_host=cfg.dashboard_host,
-                num_cpus=max(os.cpu_count() or 1, int(cfg.num_workers * cfg.cpus_per_worker)),
+                num_cpus=max(
+                    os.cpu_count() or 1,
+                    math.ceil(cpus_needed or cfg.num_workers * cfg.cpus_per_worker),
+                ),
                 log_to_driver=True,
             )
         else:
@@ -387,8 +394,13 @@ def run_training(
     bundle: RunConfigBundle,
     run_name: str,
     resume_from: Checkpoint | None = None,
+    callbacks: list[ray.train.UserCallback] | None = None,
 ) -> ray.train.Result:
-    """Launch ``worker_loop`` on ``bundle.ray.num_workers`` workers and wait for it."""
+    """Launch ``worker_loop`` on ``bundle.ray.num_workers`` workers and wait for it.
+
+    ``callbacks`` see every report the workers make (one per epoch, then the final one
+    with ``done`` 1); a search (``mtl_model.tune``) forwards the epoch records to Tune.
+    """
     train_rows = train_rows_for(inputs, bundle.ray.num_workers)
     steps_per_epoch = max(1, train_rows // (bundle.train.batch_size * bundle.ray.num_workers))
     trainer = TorchTrainer(
@@ -413,6 +425,8 @@ def run_training(
             storage_path=_absolute(bundle.run.storage_path),
             failure_config=FailureConfig(max_failures=bundle.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=bundle.run.checkpoints_to_keep),
+            # Train V2's RunConfig at run time; the stubs mypy reads name V1's callbacks.
+            callbacks=cast(Any, callbacks),
         ),
     )
     return trainer.fit()

@@ -74,6 +74,7 @@ LONGEST_FIRST = (
     "tests/reliability/test_idempotency.py",
     "scoring_pipeline",
     "tests/test_train_ray.py",
+    "tests/test_tune.py",
     "tests/reliability/test_training_faults.py",
     "tests/reliability/test_ray_address.py",
     "tests/test_behavior_csv.py",
