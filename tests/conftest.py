@@ -23,10 +23,6 @@ from mtlrec.spark import get_spark
 
 # Keep Spark and Ray from fighting over the 2 cores CI has; tests pass explicit sizes.
 os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
-# Every spark-submit JVM the tests start (jobs run as subprocesses, their drivers on the test
-# cluster) gets the C1 compiler only, as the session below does: short jobs spend their CPU
-# compiling. spark-submit puts SPARK_SUBMIT_OPTS on the driver JVM's command line.
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
 
 
 @pytest.fixture(scope="session")
