@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -62,6 +63,11 @@ _EXECUTOR_OUT_OF_MEMORY = re.compile(
     rf"{_EXIT_52}|exceeding \w* ?memory limits[^\n]*|possible container OOM[^\n]*"
     r"|OOMKilled[^\n]*"
 )
+# A job that failed on a lost shuffle output: an executor died, and the cluster manager's
+# word on why (the removal reason above) can reach the driver just after the job failed.
+_LOST_SHUFFLE_OUTPUT = re.compile(r"\b(?:Metadata)?FetchFailedException\b")
+EXECUTOR_LOSS_WAIT_S = 15.0
+"""How long a job that failed on a lost shuffle output waits for the executor's removal."""
 _log = get_logger("spark")
 
 
@@ -174,14 +180,26 @@ def _out_of_memory_cause(exc: BaseException) -> str | None:
     return None
 
 
-def _executor_out_of_memory(context: SparkContext) -> str | None:
+def _executor_out_of_memory(context: SparkContext, wait_s: float = 0.0) -> str | None:
     """Why a cluster executor was removed, when it was for memory, from the driver's status
-    store (kept with the UI off; dead executors up to ``spark.ui.retainedDeadExecutors``).
+    store (kept with the UI off; dead executors up to ``spark.ui.retainedDeadExecutors``);
+    asked again for up to ``wait_s`` seconds while no such removal is recorded.
 
     On a cluster an executor whose task runs out of heap exits (code 52); its tasks and
     shuffle outputs are lost, Spark retries the stage, and the job then fails on a lost
     shuffle output (``MetadataFetchFailedException``) whose message names no memory at all.
+    The job can fail before the worker's report of the exit arrives (seen with one stage
+    attempt: the removal was logged in the same second, after the job's error).
     """
+    deadline = time.monotonic() + wait_s
+    while True:
+        cause = _removed_for_memory(context)
+        if cause is not None or time.monotonic() >= deadline:
+            return cause
+        time.sleep(0.5)
+
+
+def _removed_for_memory(context: SparkContext) -> str | None:
     try:
         executors = context._jsc.sc().statusStore().executorList(False)
         for i in range(executors.size()):
@@ -209,7 +227,8 @@ def memory_failures_named(stage: str, cfg: SparkConfig) -> Iterator[None]:
         # A job's own error (a failed reconciliation, a bad input) stays itself, even when
         # an executor died of memory earlier in the job and Spark recovered from it.
         if cause is None and context is not None and not isinstance(exc, JobError):
-            cause = _executor_out_of_memory(context)
+            lost_shuffle = _LOST_SHUFFLE_OUTPUT.search(str(exc)) is not None
+            cause = _executor_out_of_memory(context, EXECUTOR_LOSS_WAIT_S if lost_shuffle else 0)
             on_executor = cause is not None
         if cause is None:
             raise
