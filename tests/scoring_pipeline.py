@@ -1,6 +1,7 @@
 """A tiny end-to-end pipeline for the scoring and report tests, built once per process.
 
-Generator -> ``jobs.build_features --stage all`` (the real jobs) -> a small model trained
+The run's shared build (``tests/shared_lake.py``: generator -> ``jobs.build_features
+--stage all``, the real jobs), copied so scoring may write -> a small model trained
 in-process with ``mtl_model.loop.fit`` (the epoch driver Ray workers run too) on the gold
 snapshot's rows read through ``Lake.read_arrow`` (Ray is not needed to get weights) -> run
 directories with model.pt, config.json and metrics.json written by ``write_run_metrics``,
@@ -19,11 +20,11 @@ from typing import cast
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
+from shared_lake import FEATURES, GENERATOR, shared_build
 
-from jobs.build_features import main as build_features
 from jobs.config import PipelineConfig
-from jobs.generate_logs import main as generate_logs
 from jobs.score_users import main as score_users
 from mtl_model.architectures import build_model
 from mtl_model.artifact import artifact_from_model, save_artifact
@@ -40,26 +41,6 @@ from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 from mtlrec.tables import GOLD_EXAMPLES
 
-GENERATOR = [
-    "generator.num_users=150",
-    "generator.num_items=80",
-    "generator.num_days=5",
-    "generator.processes=1",
-    "generator.seed=5",
-    # Denser funnel than the default so a 150-user log has purchases on every day.
-    "generator.rates.click=0.08",
-    "generator.rates.add_to_cart_given_click=0.4",
-    "generator.rates.purchase_given_click=0.25",
-]
-FEATURES = [
-    "spark.master=local[2]",
-    "spark.shuffle_partitions=2",
-    "features.gold.shuffle_partitions=2",
-    # The text encoder is covered by tests/test_gold_pipeline.py; here it would only add
-    # minutes of model loading to every scoring and report test.
-    "features.gold.text.enabled=false",
-    "lake.row_group_bytes=65536",
-]
 SCORING = [
     "score.top_k=5",
     "score.candidates.per_user=12",
@@ -107,9 +88,11 @@ class Pipeline:
 _BUILT: dict[str, Pipeline] = {}
 
 
-def pipeline(root: Path) -> Pipeline:
-    """The pipeline under ``root`` on first call; the same object afterwards."""
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """The pipeline (in a new temp folder) on first call; the same object afterwards."""
     if "pipeline" not in _BUILT:
+        root = tmp_path_factory.mktemp("scoring")
+        shared_build(tmp_path_factory).copy_to(root)
         _BUILT["pipeline"] = _build(root)
     return _BUILT["pipeline"]
 
@@ -125,9 +108,6 @@ def _build(root: Path) -> Pipeline:
         *SCORING,
         *MODEL,
     ]
-    cli = [arg for item in overrides for arg in ("--set", item)]
-    assert generate_logs(cli) == 0
-    assert build_features(["--stage", "all", *cli]) == 0
     cfg = load_config(PipelineConfig, None, overrides)
     lake = Lake.from_config(cfg.lake)
     snapshot = GoldSnapshot.resolve(lake)

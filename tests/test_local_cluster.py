@@ -8,8 +8,9 @@ faults (a Ray node killed mid-epoch, a driver killed between write and commit) a
 ``scripts/cluster_faults.py``, which a user reruns (docs/cluster.md).
 
 Cost, kept to one of each: one cluster bring-up for the module, one feature build on the
-cluster beside one on ``local[2]`` (run at the same time), one training job
-(``ray job submit``), one scoring run on each side (at the same time).
+cluster of the run's shared generated log (``tests/shared_lake.py``), whose shared
+``local[2]`` build is the reference, one training job (``ray job submit``), one scoring run
+on each side (at the same time).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shared_lake import shared_build
 
-from jobs.generate_logs import main as generate_logs
 from mtlrec.gold_snapshot import GoldSnapshot
 from mtlrec.lake import Lake
 
@@ -42,12 +43,6 @@ sys.path.insert(0, str(ROOT))  # scripts/ is not an installed package
 from scripts import cluster_faults  # noqa: E402  (the cluster run's sizes, one list)
 
 PY = str(ROOT / ".venv/bin/python")
-GENERATOR = [
-    *cluster_faults.GENERATOR,
-    "generator.rates.click=0.08",
-    "generator.rates.add_to_cart_given_click=0.4",
-    "generator.rates.purchase_given_click=0.25",
-]
 SMALL = [
     *cluster_faults.SMALL,
     "train.epochs=1",
@@ -287,35 +282,22 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(cluster: Cluster) -> Iterator[Built]:
-    """The feature job on the cluster (one executor JVM killed mid-task) and, at the same
-    time, on local[2]."""
+def built(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    """The feature job on the cluster (one executor JVM killed mid-task); the reference is
+    the same log's shared ``local[2]`` build, copied to be written by local scoring."""
     root = Path(tempfile.mkdtemp(prefix="mtlrec-clrun-", dir="/tmp"))
+    shared = shared_build(tmp_path_factory)
+    shared.copy_to(root, ("lake",))
+    (root / "lake").rename(root / "lake-local")
     base = [
-        f"lake.raw_root={root}/raw",
-        f"generator.truth_root={root}/truth",
+        f"lake.raw_root={shared.raw}",  # read only; bronze rows name their raw file
         f"run.storage_path={root}/runs",
         *SMALL,
     ]
-    assert (
-        generate_logs(["--overwrite", *[a for s in (*base, *GENERATOR) for a in ("--set", s)]]) == 0
-    )
     event_dir = root / "events"
     event_dir.mkdir()
     overrides = [a for s in base for a in ("--set", s)]
     job = ["jobs/build_features.py", "--stage", "all"]
-    on_local = _start(
-        [
-            "scripts/submit.sh",
-            *job,
-            *overrides,
-            "--set",
-            f"lake.root={root}/lake-local",
-            "--set",
-            "spark.master=local[2]",
-        ],
-        cluster.env,
-    )
     on_cluster = _start(
         [
             "scripts/submit.sh",
@@ -346,12 +328,10 @@ def built(cluster: Cluster) -> Iterator[Built]:
             if not killed and "stage=write bronze/events" in line:
                 killed = _kill_executor_mid_task(cluster.pid("spark-worker-1"))
         output.append(_finish(on_cluster))
-        _finish(on_local)
     finally:  # a failed assertion or a suite timeout leaves no driver behind
-        for process in (on_cluster, on_local):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        if on_cluster.poll() is None:
+            on_cluster.kill()
+            on_cluster.wait()
     assert killed, "".join(output[-60:])
     (log,) = event_dir.iterdir()
     events = [json.loads(line) for line in log.read_text().splitlines()]

@@ -56,7 +56,7 @@ TABLE = "gold/recommendations"
 
 @pytest.fixture(scope="module")
 def built(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    return pipeline(tmp_path_factory.mktemp("scoring"))
+    return pipeline(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
