@@ -32,6 +32,7 @@ from feature_engineering.scoring import (
     CONTEXT_FEATURES,
     ScoringInputError,
     ScoringPlan,
+    SmallVocabularies,
     check_final_score,
     history_events,
     plan_scoring,
@@ -73,6 +74,27 @@ def _partition(built: Pipeline, day: str, version: str) -> pd.DataFrame:
 def _silver(built: Pipeline, table: str, days: list[str] | None = None) -> pd.DataFrame:
     filters: list[PartitionFilter] | None = [("dt", "in", days)] if days is not None else None
     return built.lake.read_arrow(table, filters=filters).to_pandas()
+
+
+def test_small_vocabulary_maps_take_any_value_literally(spark: SparkSession) -> None:
+    """The literal maps are one SQL expression: a value with quotes, backslashes, SQL or
+    another script must come back as its own index, and an unknown value as 0."""
+    values = ["plain", "it's", 'say "hi"', "back\\slash\\", "') as string)), 1L --"]
+    values += ["日本", "😀", ""]
+    small = SmallVocabularies(
+        {"cat_device": {v: (i + 1, 10) for i, v in enumerate(values)}, "cat_page": {}}
+    )
+    frame = spark.createDataFrame([(v,) for v in [*values, "unknown"]], "x string")
+    got = frame.select(
+        "x",
+        F.coalesce(small.index_map("cat_device")[F.col("x")], F.lit(0)).alias("index"),
+        F.coalesce(small.index_map("cat_page")[F.col("x")], F.lit(0)).alias("empty"),
+    ).collect()
+    assert {row["x"]: row["index"] for row in got} == {
+        **{v: i + 1 for i, v in enumerate(values)},
+        "unknown": 0,
+    }
+    assert {row["empty"] for row in got} == {0}
 
 
 def test_writes_top_k_ranked_rows_for_every_active_user(
