@@ -3,6 +3,7 @@
     python -m benchmarks.bench_fixed_costs --baseline-tree /tmp/main-checkout \\
         --users 40 --days 4 --repeats 3 --small
 
+``--stage bronze`` times bronze alone (silver and gold need no rerun to compare it).
 Generates one log, then each round runs ``jobs.build_features --stage all`` once from
 each tree (a fresh process and a fresh lake each; the order rotates from round to round,
 ``harness.time_interleaved``) and reads the seconds of bronze, silver and gold from
@@ -53,12 +54,15 @@ def stage_seconds(log: str) -> dict[str, float]:
     return found
 
 
-def run_job(tree: Path, workdir: Path, overrides: list[str]) -> dict[str, float]:
-    """One ``--stage all`` run from ``tree`` into a fresh lake: seconds per stage + total."""
+def run_job(
+    tree: Path, workdir: Path, overrides: list[str], stages: tuple[str, ...] = STAGES
+) -> dict[str, float]:
+    """One run of ``stages`` from ``tree`` into a fresh lake: seconds per stage + total."""
     lake = workdir / f"lake-{tree.name}"
     shutil.rmtree(lake, ignore_errors=True)
     sets = [f"lake.root={lake}", f"lake.raw_root={workdir / 'raw'}", *overrides]
-    command = [sys.executable, "-m", "jobs.build_features", "--stage", "all"]
+    stage = "all" if stages == STAGES else stages[0]
+    command = [sys.executable, "-m", "jobs.build_features", "--stage", stage]
     for item in sets:
         command += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -68,10 +72,10 @@ def run_job(tree: Path, workdir: Path, overrides: list[str]) -> dict[str, float]
     if done.returncode != 0:
         raise RuntimeError(f"{tree}: exit {done.returncode}: {done.stderr[-2000:]}")
     seconds = stage_seconds(done.stderr + done.stdout)
-    missing = [s for s in STAGES if s not in seconds]
+    missing = [s for s in stages if s not in seconds]
     if missing:
         raise RuntimeError(f"{tree}: no stage= line for {missing}")
-    seconds["start-up"] = total - sum(seconds[s] for s in STAGES)
+    seconds["start-up"] = total - sum(seconds[s] for s in stages)
     seconds["total"] = total
     return seconds
 
@@ -83,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="the test suite's Spark settings")
+    parser.add_argument(
+        "--stage", choices=("all", *STAGES[:1]), default="all", help="bronze: time bronze alone"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mtlrec-bench-fixed-costs"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
@@ -103,20 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     wrote = re.search(r"wrote ([0-9,]+) lines", generated.stdout + generated.stderr)
     lines = wrote.group(1) if wrote else "?"
     overrides = [*(SMALL_SPARK if args.small else ()), *args.overrides]
+    stages = STAGES if args.stage == "all" else (args.stage,)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
 
     def side(name: str) -> None:
-        runs[name].append(run_job(trees[name], workdir, overrides))
+        runs[name].append(run_job(trees[name], workdir, overrides, stages))
 
     time_interleaved({name: functools.partial(side, name) for name in trees}, args.repeats)
-    print(f"feature job on {lines} lines, {args.repeats} rounds, load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (at the end)")
+    print(
+        f"feature job on {lines} lines, {args.repeats} rounds, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (at the end)"
+    )
     print(f"{'stage':10} {'baseline s':>11} {'this s':>8} {'this/baseline':>14}")
-    for stage in ("start-up", *STAGES, "total"):
+    for stage in ("start-up", *stages, "total"):
         base = [r[stage] for r in runs["baseline"]]
         this = [r[stage] for r in runs["this"]]
-        print(f"{stage:10} {median(base):11.1f} {median(this):8.1f} "
-              f"{paired_ratio(this, base):14.2f}")
+        print(
+            f"{stage:10} {median(base):11.1f} {median(this):8.1f} {paired_ratio(this, base):14.2f}"
+        )
     return 0
 
 

@@ -6,13 +6,13 @@ status, and for every canonical field its text and its JSON type
 ``ARRAY``, ``VOID`` for JSON null; NULL when absent). Bronze types and checks
 these columns without knowing which format they came from.
 
-JSON is parsed twice with Spark built-ins: ``try_parse_json`` of ``[<line>]``
+JSON is parsed once with Spark built-ins: ``try_parse_json`` of ``[<line>]``
 decides whether the line is exactly one strict JSON value (rejecting trailing
-text or two objects on one line) and ``from_json`` into VARIANT fields gives
-each field's value and type
-(it accepts ``NaN``/``Infinity``, which Python's ``json.dumps`` writes, so
-non-finite numbers reach the invalid_number check instead of failing the
-parse). CSV lines are split on the delimiter (no quoting); every CSV value is
+text or two objects on one line), and each field's value and type are read from
+that VARIANT. Only a line with a ``NaN``/``Infinity`` token (Python's
+``json.dumps`` writes them) is parsed a second time, by ``from_json``, which
+accepts them, so non-finite numbers reach the invalid_number check instead of
+failing the parse. CSV lines are split on the delimiter (no quoting); every CSV value is
 text, so numbers are checked by casting, and a line with any other number of fields
 than ``csv_columns`` (a blank line included) has the status ``field_count``.
 """
@@ -45,6 +45,10 @@ CANONICAL_FIELDS = (
 
 # Non-finite number tokens after ':' ',' or '[' become null for the strictness check only.
 _NONFINITE_TOKEN = r"([:,\[]\s*)[-+]?(NaN|Infinity|INF)\b"
+# A line can hold such a token only if it holds one of these (tested before any regex runs).
+_NONFINITE_WORDS = ("NaN", "Inf", "INF")
+# What JSON counts as whitespace before a value.
+_JSON_SPACE = " \t\r\n"
 
 PARSE_OK = "ok"
 PARSE_TRUNCATED = "truncated"  # starts like a record of the format but does not parse
@@ -79,7 +83,24 @@ def type_col(field: str) -> str:
 
 def _body(value: Column) -> Column:
     """The line without a trailing CR (CRLF files) and with invalid bytes made safe."""
-    return F.regexp_replace(F.make_valid_utf8(value), "\r$", "")
+    text = F.make_valid_utf8(value)
+    # The regex runs only on lines that hold a CR: a substring test costs far less.
+    return F.when(text.contains("\r"), F.regexp_replace(text, "\r$", "")).otherwise(text)
+
+
+def _type_name(variant: Column) -> Column:
+    """The JSON type's name alone: DECIMAL of ``DECIMAL(2,1)``, OBJECT of ``OBJECT<...>``."""
+    return F.substring_index(F.substring_index(F.schema_of_variant(variant), "(", 1), "<", 1)
+
+
+def _variant_path(name: str) -> str | None:
+    """The VARIANT path of key ``name`` in the wrapped line's one value; None when ``name``
+    holds both quote characters, which no path syntax can carry."""
+    if "'" not in name:
+        return f"$[0]['{name}']"
+    if '"' not in name:
+        return f'$[0]["{name}"]'
+    return None
 
 
 def _content_id(body: Column) -> Column:
@@ -102,30 +123,47 @@ def _parse_jsonl(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
     body = _body(F.col("value"))
     sources = _sources(mapping)
     named = sorted({s for s in sources.values() if s is not None})
-    schema = StructType([StructField(name, VariantType()) for name in named])
+    paths = {name: _variant_path(name) for name in named}
+    nonfinite = F.lit(False)
+    for word in _NONFINITE_WORDS:
+        nonfinite = nonfinite | F.col("_body").contains(word)
     # Wrapped in [ ] the line must be an array of exactly one value: this rejects what a
     # lenient parser would skip, such as trailing text or a second object on the line.
-    wrapped = F.concat(F.lit("["), F.regexp_replace(body, _NONFINITE_TOKEN, "$1null"), F.lit("]"))
-    strict = F.try_parse_json(wrapped)
-    one_value = F.size(F.try_variant_get(strict, "$", "array<variant>")) == 1
-    frame = lines.withColumn("_body", body).select(
-        "*",
-        F.coalesce(one_value, F.lit(False)).alias("_is_json"),
-        F.schema_of_variant(F.try_variant_get(strict, "$[0]", "variant")).alias("_json_type"),
-        F.from_json("_body", schema, {"mode": "PERMISSIVE", "allowSingleQuotes": "false"}).alias(
-            "_rec"
-        ),
+    strict_text = F.when(
+        F.col("_nonfinite"), F.regexp_replace("_body", _NONFINITE_TOKEN, "$1null")
+    ).otherwise(F.col("_body"))
+    strict = F.try_parse_json(F.concat(F.lit("["), strict_text, F.lit("]")))
+    # from_json reads NaN/Infinity where the strict parse saw null; only lines holding such
+    # a token (or every line, for a key no VARIANT path can name) pay for the second parse.
+    use_strict = F.lit(None not in paths.values()) & ~F.col("_nonfinite")
+    schema = StructType([StructField(name, VariantType()) for name in named])
+    frame = (
+        lines.withColumn("_body", body)
+        .withColumn("_nonfinite", nonfinite)
+        .select(
+            "*",
+            strict.alias("_strict"),
+            F.when(
+                ~use_strict,
+                F.from_json("_body", schema, {"mode": "PERMISSIVE", "allowSingleQuotes": "false"}),
+            ).alias("_rec"),
+        )
     )
+    value = F.try_variant_get("_strict", "$[0]", "variant")
+    is_json = value.isNotNull() & F.try_variant_get("_strict", "$[1]", "variant").isNull()
+    # A single JSON value is an object exactly when its first character is "{".
+    is_object = F.ltrim(F.col("_body"), F.lit(_JSON_SPACE)).startswith("{")
     starts_object = F.ltrim(F.col("_body")).startswith("{")
     parse = (
         F.when(F.trim(F.col("_body")) == "", F.lit(PARSE_NOT_RECORD))
-        .when(~F.col("_is_json") & starts_object, F.lit(PARSE_TRUNCATED))
-        .when(~F.col("_is_json"), F.lit(PARSE_NOT_RECORD))
-        .when(~F.col("_json_type").startswith("OBJECT"), F.lit(PARSE_NOT_OBJECT))
+        .when(~is_json & starts_object, F.lit(PARSE_TRUNCATED))
+        .when(~is_json, F.lit(PARSE_NOT_RECORD))
+        .when(~is_object, F.lit(PARSE_NOT_OBJECT))
         .otherwise(F.lit(PARSE_OK))
     )
-    detail = F.when(~F.col("_is_json"), F.lit("not a single JSON value")).otherwise(
-        F.concat(F.lit("JSON "), F.col("_json_type"))
+    # Only a line that fails the parse needs its detail (the type is named for not_object).
+    detail = F.when(~is_json, F.lit("not a single JSON value")).when(
+        ~is_object, F.concat(F.lit("JSON "), F.schema_of_variant(value))
     )
     columns: list[Column] = []
     for field, source in sources.items():
@@ -135,10 +173,10 @@ def _parse_jsonl(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
             columns += [F.lit(None).cast("string"), F.lit(None).cast("string")]
         else:
             v = F.col("_rec").getField(source)
-            columns += [
-                F.try_variant_get(v, "$", "string"),
-                F.regexp_extract(F.schema_of_variant(v), r"^[A-Z]+", 0),
-            ]
+            path = paths[source]
+            if path is not None:
+                v = F.when(use_strict, F.try_variant_get("_strict", path, "variant")).otherwise(v)
+            columns += [F.try_variant_get(v, "$", "string"), _type_name(v)]
     names = [n for f in CANONICAL_FIELDS for n in (text_col(f), type_col(f))]
     return frame.select(
         *lines.columns,
