@@ -50,7 +50,6 @@ from mtlrec.errors import CheckError
 from mtlrec.lake import Lake, PartitionFilter
 from mtlrec.log import get_logger, log_stage
 from mtlrec.raw_contract import REQUIRED_FIELDS, FormatReason, QuarantineReason
-from mtlrec.spark import filters_stay_above_projections
 from mtlrec.tables import BRONZE_EVENTS, BRONZE_QUARANTINE, BRONZE_SKIPPED_FILES
 
 STRING_FIELDS = (
@@ -471,16 +470,23 @@ def run_bronze(
     # left side comes from the files themselves, not from what the writes kept.
     plan = plan_reads(spark, listing.files, cfg.max_line_bytes)
     lines_per_file = plan.lines_per_file
-    # Nothing is cached: each write parses the lines again. A DISK_ONLY copy of the
-    # classified lines would parse them once, but Spark builds a cached frame's column
-    # buffers in the heap, and bronze on 2 KiB lines then died in a 128m and a 256m heap
-    # where the uncached plan completes (tests/test_bronze.py, small-heap test).
+    # Every line is read and classified once (most of bronze's time: a JSON parse and
+    # every check), into a staged copy on the lake's storage that both writes read; a
+    # cache would hold it in the heap, where bronze on 2 KiB lines died in a 128m and a
+    # 256m heap (tests/test_bronze.py, small-heap test). Only quarantined lines keep
+    # their raw text in the copy.
     classified = classify(read_pieces(spark, plan.pieces, cfg.max_line_bytes), fcfg, window)
-    # Each write tests ``reason`` on the classified lines: pushed below classify's
-    # projections, that test would parse and check every line again inside the filter.
-    with filters_stay_above_projections(spark):
+    is_quarantined = F.col("reason").isNotNull()
+    staging = classified.select(
+        *EVENT_COLUMNS,
+        F.when(is_quarantined, F.col("raw_line")).alias("raw_line"),
+        "reason",
+        "detail",
+        is_quarantined.alias("quarantined"),
+    )
+    with lake.staged(staging, BRONZE_EVENTS, partition_cols=["quarantined"]) as lines:
         lake.write_table(
-            classified.where(F.col("reason").isNull()).select(*EVENT_COLUMNS),
+            lines.where(~F.col("quarantined")).select(*EVENT_COLUMNS),
             BRONZE_EVENTS,
             mode="overwrite",
             partition_by=["dt", "ingest_dt"],
@@ -488,7 +494,7 @@ def run_bronze(
             run_id=tagged(BRONZE_EVENTS),
         )
         lake.write_table(
-            classified.where(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS),
+            lines.where(F.col("quarantined")).select(*QUARANTINE_COLUMNS),
             BRONZE_QUARANTINE,
             mode="overwrite",
             partition_by=["ingest_dt"],

@@ -20,7 +20,8 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -307,6 +308,28 @@ class Lake:
             writer = writer.partitionBy(*partition_cols)
         writer.parquet(_spark_path(f"{self.table_uri(name)}/{write_dir}"))
         return write_dir
+
+    @contextmanager
+    def staged(
+        self, df: DataFrame, name: str, partition_cols: Sequence[str] = ()
+    ) -> Iterator[DataFrame]:
+        """``df`` computed once into an uncommitted write directory of table ``name`` and
+        read back from there; the directory is deleted when the block ends.
+
+        For an expensive frame that feeds several writes: each then reads Parquet instead
+        of computing the frame again. The copy is on the lake's storage, not in memory
+        (Spark's cache, even DISK_ONLY, builds its column buffers in the heap), and, like
+        any uncommitted write, no reader of the table sees it.
+        """
+        write_dir = self.stage_spark_files(df, name, partition_cols)
+        uri = f"{self.table_uri(name)}/{write_dir}"
+        try:
+            yield (
+                df.sparkSession.read.schema(df.schema).parquet(_spark_path(uri)).select(*df.columns)
+            )
+        finally:
+            filesystem, path = self.storage.filesystem_for(uri)
+            filesystem.delete_dir(path)
 
     def write_arrow(
         self,

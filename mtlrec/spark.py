@@ -332,31 +332,6 @@ def session_conf(spark: SparkSession, settings: dict[str, str | None]) -> Iterat
                 spark.conf.set(key, value)
 
 
-# Catalyst's rules that move a Filter below the Project computing the columns it tests.
-_FILTER_PUSHDOWN_RULES = (
-    "org.apache.spark.sql.catalyst.optimizer.PushDownPredicates",
-    "org.apache.spark.sql.catalyst.optimizer.PushPredicateThroughNonJoin",
-)
-
-
-@contextmanager
-def filters_stay_above_projections(spark: SparkSession) -> Iterator[None]:
-    """Keep a filter where the plan puts it, above the projection that computes its column.
-
-    Pushing a filter through a projection inlines the projection's expressions into the
-    predicate. For a column that is cheap to test but expensive to compute (bronze's
-    ``reason``: a JSON parse per field and every check) the predicate then recomputes the
-    whole derivation per row, unshared, before the projection computes it again: bronze's
-    events write took 5x as long (benchmarks/bench_fixed_costs.py). Only for plans that
-    read no table (a pushed filter could prune files or partitions there).
-    """
-    key = "spark.sql.optimizer.excludedRules"
-    current = spark.conf.get(key, None) or ""
-    rules = [r for r in current.split(",") if r] + list(_FILTER_PUSHDOWN_RULES)
-    with session_conf(spark, {key: ",".join(dict.fromkeys(rules))}):
-        yield
-
-
 def delta_jars_available(spark: SparkSession) -> bool:
     """True when the Delta Lake JVM classes are on the classpath (format('delta') works)."""
     jvm = spark.sparkContext._jvm

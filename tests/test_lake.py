@@ -176,6 +176,28 @@ def test_concurrent_appends_both_land(lake: Lake) -> None:
     assert lake.version("silver/concurrent") == 2
 
 
+def test_a_staged_frame_reads_back_whole_and_its_copy_is_deleted_after_the_block(
+    spark: SparkSession, lake: Lake, tmp_path: Path
+) -> None:
+    table_dir = tmp_path / "lake" / "bronze" / "events"
+    frame = _events(spark, rows=500)
+    with lake.staged(frame, "bronze/events", partition_cols=["dt"]) as staged:
+        assert [d.name for d in table_dir.iterdir()] != []  # the copy is on the storage
+        assert staged.columns == frame.columns
+        assert _sorted_rows(staged.toArrow()) == _sorted_rows(frame.toArrow())
+        assert staged.where(F.col("dt") == DAYS[0]).count() == 167
+    assert list(table_dir.iterdir()) == []
+    nothing = frame.where(F.lit(False))
+    with (
+        pytest.raises(RuntimeError, match="a later write failed"),
+        lake.staged(nothing, "bronze/events", ["dt"]) as empty,
+    ):
+        assert empty.count() == 0
+        raise RuntimeError("a later write failed")
+    assert list(table_dir.iterdir()) == []
+    assert not lake.exists("bronze/events")
+
+
 def test_columns_without_footer_statistics_still_commit(spark: SparkSession, lake: Lake) -> None:
     """Parquet writers omit min/max for long values; the commit must not need them."""
     long_lines = spark.range(40).withColumn("raw", F.expr("repeat('x', 5000 + id)"))
