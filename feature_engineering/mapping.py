@@ -93,14 +93,10 @@ def _type_name(variant: Column) -> Column:
     return F.substring_index(F.substring_index(F.schema_of_variant(variant), "(", 1), "<", 1)
 
 
-def _variant_path(name: str) -> str | None:
-    """The VARIANT path of key ``name`` in the wrapped line's one value; None when ``name``
-    holds both quote characters, which no path syntax can carry."""
-    if "'" not in name:
-        return f"$[0]['{name}']"
-    if '"' not in name:
-        return f'$[0]["{name}"]'
-    return None
+def _variant_struct(names: list[str]) -> str:
+    """The DDL type of a struct of VARIANT fields named ``names``, each name quoted."""
+    quoted = ["`" + name.replace("`", "``") + "`" for name in names]
+    return "struct<" + ",".join(f"{q}: variant" for q in quoted) + ">"
 
 
 def _content_id(body: Column) -> Column:
@@ -123,7 +119,6 @@ def _parse_jsonl(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
     body = _body(F.col("value"))
     sources = _sources(mapping)
     named = sorted({s for s in sources.values() if s is not None})
-    paths = {name: _variant_path(name) for name in named}
     nonfinite = F.lit(False)
     for word in _NONFINITE_WORDS:
         nonfinite = nonfinite | F.col("_body").contains(word)
@@ -133,24 +128,28 @@ def _parse_jsonl(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
         F.col("_nonfinite"), F.regexp_replace("_body", _NONFINITE_TOKEN, "$1null")
     ).otherwise(F.col("_body"))
     strict = F.try_parse_json(F.concat(F.lit("["), strict_text, F.lit("]")))
-    # from_json reads NaN/Infinity where the strict parse saw null; only lines holding such
-    # a token (or every line, for a key no VARIANT path can name) pay for the second parse.
-    use_strict = F.lit(None not in paths.values()) & ~F.col("_nonfinite")
+    # The mapped keys as one struct of VARIANTs: a cast that walks the object once, where
+    # a path per key searches it once per key. from_json gives the same struct from the
+    # text, reading NaN/Infinity where the strict parse saw null; only lines holding such
+    # a token pay for that second parse.
     schema = StructType([StructField(name, VariantType()) for name in named])
+    record = F.when(
+        F.col("_nonfinite"),
+        F.from_json("_body", schema, {"mode": "PERMISSIVE", "allowSingleQuotes": "false"}),
+    ).otherwise(F.try_variant_get("_strict", "$[0]", _variant_struct(named)))
     frame = (
         lines.withColumn("_body", body)
         .withColumn("_nonfinite", nonfinite)
-        .select(
-            "*",
-            strict.alias("_strict"),
-            F.when(
-                ~use_strict,
-                F.from_json("_body", schema, {"mode": "PERMISSIVE", "allowSingleQuotes": "false"}),
-            ).alias("_rec"),
-        )
+        .withColumn("_strict", strict)
+        .withColumn("_rec", record)
     )
-    value = F.try_variant_get("_strict", "$[0]", "variant")
-    is_json = value.isNotNull() & F.try_variant_get("_strict", "$[1]", "variant").isNull()
+    # At most one value: no second element. None at all: the line is JSON whitespace.
+    blank = F.ltrim(F.col("_body"), F.lit(_JSON_SPACE)) == ""
+    is_json = (
+        F.col("_strict").isNotNull()
+        & F.try_variant_get("_strict", "$[1]", "variant").isNull()
+        & ~blank
+    )
     # A single JSON value is an object exactly when its first character is "{".
     is_object = F.ltrim(F.col("_body"), F.lit(_JSON_SPACE)).startswith("{")
     starts_object = F.ltrim(F.col("_body")).startswith("{")
@@ -162,6 +161,7 @@ def _parse_jsonl(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
         .otherwise(F.lit(PARSE_OK))
     )
     # Only a line that fails the parse needs its detail (the type is named for not_object).
+    value = F.try_variant_get("_strict", "$[0]", "variant")
     detail = F.when(~is_json, F.lit("not a single JSON value")).when(
         ~is_object, F.concat(F.lit("JSON "), F.schema_of_variant(value))
     )
@@ -173,9 +173,6 @@ def _parse_jsonl(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
             columns += [F.lit(None).cast("string"), F.lit(None).cast("string")]
         else:
             v = F.col("_rec").getField(source)
-            path = paths[source]
-            if path is not None:
-                v = F.when(use_strict, F.try_variant_get("_strict", path, "variant")).otherwise(v)
             columns += [F.try_variant_get(v, "$", "string"), _type_name(v)]
     names = [n for f in CANONICAL_FIELDS for n in (text_col(f), type_col(f))]
     return frame.select(

@@ -19,9 +19,9 @@ import yaml
 from pyspark.sql import SparkSession
 from reliability.corpus import event
 
-from feature_engineering.bronze import BronzeResult, run_bronze
+from feature_engineering.bronze import BronzeResult, classify, run_bronze
 from feature_engineering.config import BronzeConfig, FeatureConfig
-from feature_engineering.raw_input import RawInputError
+from feature_engineering.raw_input import RawInputError, list_raw, read_numbered_lines
 from jobs.build_features import main
 from mtlrec.lake import Lake
 from mtlrec.raw_contract import QuarantineReason as Q
@@ -202,6 +202,30 @@ def test_rerunning_a_day_replaces_exactly_its_rows(
     assert events.num_rows == first.events
     assert len(set(events.column("event_id").to_pylist())) == first.events
     assert lake.read_arrow("bronze/quarantine").num_rows == first.quarantined
+
+
+def test_mapped_keys_may_hold_any_character(spark: SparkSession, tmp_path: Path) -> None:
+    """Quotes, backticks, dots and spaces in a mapped key; keys match case-sensitively."""
+    keys = {"user_id": "user's id", "item_id": 'item "id"', "event_type": "kind`of", "ts": "t.s"}
+    keys["price"] = "price (EUR)"
+    renamed = {keys.get(k, k): v for k, v in event(1).items()}
+    upper = {**renamed, "USER'S ID": "not-this-one"}
+    lines = [line(renamed), line(upper), line({**renamed, "price (EUR)": float("nan")})]
+    path = tmp_path / "raw" / "events" / f"dt={DAY1}" / "part-00000.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"".join(text + b"\n" for text in lines))
+    fields = CFG.raw_mapping.fields.model_copy(update=keys)
+    mapping = CFG.raw_mapping.model_copy(update={"fields": fields})
+    cfg = CFG.model_copy(update={"raw_mapping": mapping})
+    files = list_raw(str(tmp_path / "raw"), "events", "*.jsonl*", None).files
+    rows = classify(read_numbered_lines(spark, files, MAX_LINE_BYTES), cfg, None).collect()
+    got = sorted((r["source_line"], r["reason"], r["user_id"], r["item_id"]) for r in rows)
+    assert got == [
+        (1, None, "u1", "i1"),
+        (2, None, "u1", "i1"),
+        # A non-finite token: the line's second, lenient parse reads the same keys.
+        (3, Q.INVALID_NUMBER, "u1", "i1"),
+    ]
 
 
 def test_missing_input_names_the_path_and_writes_nothing(
