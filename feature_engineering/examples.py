@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -137,15 +136,6 @@ class PointInTimeFeatures:
     users: DataFrame  # user_id, as_of_day, user_feature_names(cfg)
     items: DataFrame  # item_id, as_of_day, item_feature_names(cfg)
     affinities: DataFrame  # user_id, as_of_day, user_top_*, affinity_* (see user_affinities)
-
-    def persist(self, level: StorageLevel) -> PointInTimeFeatures:
-        return PointInTimeFeatures(
-            self.users.persist(level), self.items.persist(level), self.affinities.persist(level)
-        )
-
-    def unpersist(self) -> None:
-        for frame in (self.users, self.items, self.affinities):
-            frame.unpersist()
 
 
 def point_in_time_features(

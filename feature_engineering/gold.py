@@ -27,6 +27,7 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from pyspark import StorageLevel
@@ -91,24 +92,35 @@ def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
             raise GoldError(f"{table} does not exist under {lake.root}: run the silver stage first")
     versions = {t: lake.version(t) for t in SILVER_TABLES}
     partitions = None if cfg.shuffle_partitions is None else str(cfg.shuffle_partitions)
-    with session_conf(spark, {"spark.sql.shuffle.partitions": partitions}):
+    with session_conf(spark, {"spark.sql.shuffle.partitions": partitions}), ExitStack() as held:
+        # What several writes use is staged once as Parquet on the lake's storage, not
+        # cached: Spark builds a cached partition's column buffers in the heap, and the
+        # cached labelled features of 9.5M impressions ran a 4g driver out of memory.
+        # silver/events is read again where it is used: it is Parquet already.
+        def staged(frame: DataFrame, table: str) -> DataFrame:
+            return held.enter_context(lake.staged(frame, table))
+
         events, items, users = (
             lake.read_table(spark, t, version=versions[t]) for t in SILVER_TABLES
         )
-        events = events.persist(StorageLevel.MEMORY_AND_DISK)
         impressions = events.where(F.col("event_type") == "impression")
         plan, days = _plan_days(impressions, cfg)
         _log.info("gold %s: writing days %s of split %s", build_id, days, plan)
         text = _build_text_embeddings(lake, items, impressions, plan, versions, cfg)
         sources = FeatureSources(events, items, users, text.frame if text else None)
         # The point-in-time aggregates feed both the examples and the feature tables:
-        # computed once, kept on local disk (never the heap) until both are written.
-        # Examples are built for the days written and every train day (the vocabulary and
-        # statistics come from all train days).
+        # computed once. Examples are built for the days written and every train day (the
+        # vocabulary and statistics come from all train days).
         feature_days = sorted(set(days) | set(plan.train))
-        features = point_in_time_features(events, feature_days, cfg).persist(StorageLevel.DISK_ONLY)
-        raw = _labelled_features(impressions, sources, features, plan, feature_days, cfg).persist(
-            StorageLevel.MEMORY_AND_DISK
+        computed = point_in_time_features(events, feature_days, cfg)
+        features = PointInTimeFeatures(
+            staged(computed.users, GOLD_USER_FEATURES),
+            staged(computed.items, GOLD_ITEM_FEATURES),
+            staged(computed.affinities, GOLD_USER_FEATURES),
+        )
+        raw = staged(
+            _labelled_features(impressions, sources, features, plan, feature_days, cfg),
+            GOLD_EXAMPLES,
         )
         train = raw.where(F.col("split") == "train")
         vocab_version = lake.write_table(
@@ -154,9 +166,7 @@ def build_gold(spark: SparkSession, lake: Lake, cfg: GoldConfig) -> str:
         )
         # The spec row goes last: it marks the build complete and names what it wrote.
         lake.write_arrow(snapshot.to_arrow(), GOLD_FEATURE_SPEC, mode="append")
-        for frame in (raw, vocabulary, events):
-            frame.unpersist()
-        features.unpersist()
+        vocabulary.unpersist()
     log_stage(
         _log,
         "gold",

@@ -143,16 +143,18 @@ def _parse_jsonl(lines: DataFrame, mapping: RawMappingConfig) -> DataFrame:
         .withColumn("_strict", strict)
         .withColumn("_rec", record)
     )
+    starts_object = F.ltrim(F.col("_body")).startswith("{")  # after spaces
+    # After any JSON whitespace (tabs and line breaks too); evaluated only for the few
+    # lines that do not start with "{" after spaces.
+    after_space = F.ltrim(F.translate(F.col("_body"), _JSON_SPACE, " " * len(_JSON_SPACE)))
     # At most one value: no second element. None at all: the line is JSON whitespace.
-    blank = F.ltrim(F.col("_body"), F.lit(_JSON_SPACE)) == ""
     is_json = (
         F.col("_strict").isNotNull()
         & F.try_variant_get("_strict", "$[1]", "variant").isNull()
-        & ~blank
+        & (starts_object | (after_space != ""))
     )
     # A single JSON value is an object exactly when its first character is "{".
-    is_object = F.ltrim(F.col("_body"), F.lit(_JSON_SPACE)).startswith("{")
-    starts_object = F.ltrim(F.col("_body")).startswith("{")
+    is_object = starts_object | after_space.startswith("{")
     parse = (
         F.when(F.trim(F.col("_body")) == "", F.lit(PARSE_NOT_RECORD))
         .when(~is_json & starts_object, F.lit(PARSE_TRUNCATED))

@@ -68,6 +68,10 @@ DAY1_PLAIN: list[tuple[bytes, str | None]] = [
     (line(event(23, quantity="NaN")), Q.INVALID_NUMBER),
     # the first failing check wins: missing field and negative price -> missing_required_field
     (line(event(24, user_id=..., price=-1)), Q.MISSING_FIELD),
+    # JSON whitespace is spaces, tabs and line breaks (a CR ends the line: CRLF)
+    (b" \t" + line(event(25)) + b"\r", None),
+    (b"\t \t", Q.NOT_JSON),
+    (b"\t[1]", Q.NOT_AN_OBJECT),
 ]
 DAY1_GZIP: list[tuple[bytes, str | None]] = [
     (line(event(30, event_type="impression", price=..., quantity=...)), None),
