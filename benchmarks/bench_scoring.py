@@ -181,7 +181,7 @@ def run(ctx: BenchContext) -> PartResult:
         )
     result.notes += [
         "The job's time is end to end (users, candidates, point-in-time features, scoring in "
-        "mapInPandas, ranking, Delta write and its check) in the run's Spark session; the "
+        "mapInArrow, ranking, Delta write and its check) in the run's Spark session; the "
         "baseline is only the forward passes, so the ratio is what everything around the "
         "model costs.",
         f"score.top_k = candidates per user so every scored pair is written; scoring day "

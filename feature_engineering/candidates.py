@@ -60,12 +60,12 @@ def eligible_items(
     )
 
 
-def popular_items(ranked_items: DataFrame, cfg: CandidateConfig) -> DataFrame:
-    """(item_id, global_rank) of the ``per_user`` most popular eligible items.
+def popular_items(ranked_items: DataFrame, cfg: CandidateConfig) -> list[str]:
+    """The item_ids of the ``per_user`` most popular eligible items, most popular first.
 
     A top-N (``limit`` after ``orderBy``: partial sorts, never the catalogue in one
-    partition) whose few rows are numbered on the driver. Raises ``CandidateError`` when
-    fewer than ``per_user`` items are eligible.
+    partition) whose few rows come to the driver. Raises ``CandidateError`` when fewer
+    than ``per_user`` items are eligible.
     """
     top = ranked_items.orderBy(*_by_popularity()).limit(cfg.per_user).select("item_id").collect()
     if len(top) < cfg.per_user:
@@ -73,18 +73,14 @@ def popular_items(ranked_items: DataFrame, cfg: CandidateConfig) -> DataFrame:
             f"only {len(top)} catalogue items are eligible, fewer than "
             f"score.candidates.per_user={cfg.per_user}: lower it (and score.top_k)"
         )
-    spark = ranked_items.sparkSession
-    return spark.createDataFrame(
-        [(row["item_id"], rank) for rank, row in enumerate(top, start=1)],
-        "item_id string, global_rank int",
-    )
+    return [str(row["item_id"]) for row in top]
 
 
 def candidates(
     users: DataFrame,
     events: DataFrame,
     ranked_items: DataFrame,
-    popular: DataFrame,
+    popular: list[str],
     cfg: CandidateConfig,
 ) -> DataFrame:
     """(user_id, item_id, source, candidate_rank): exactly ``per_user`` rows per user.
@@ -92,6 +88,12 @@ def candidates(
     ``users`` has one ``user_id`` per row; ``events`` are silver events of the history
     window; ``ranked_items`` and ``popular`` come from ``eligible_items`` and
     ``popular_items``.
+
+    Only the user's own candidates (recent and top-category items, a few dozen) are rows.
+    They become one array per user in priority order, the popular items not among them
+    are appended (``array_except`` keeps the popular order), and the first ``per_user``
+    are exploded. As rows, the popular fill was users x per_user rows sorted twice by
+    window functions: on 6,000 users x 167 candidates, 12 s of the candidates' 12 s.
     """
     # The catalogue's category, not the event's copy of it: one source of truth.
     user_events = (
@@ -139,26 +141,37 @@ def candidates(
         )
     )
 
-    everyone = users.crossJoin(F.broadcast(popular)).select(
-        "user_id", "item_id", F.lit(POPULAR).alias("source"), F.col("global_rank").alias("order")
-    )
-
-    merged = (
+    # An item from both sources keeps its first priority; sorting the structs sorts by
+    # (source, order, item_id).
+    own = (
         recent.unionByName(category)
-        .unionByName(everyone)
-        .withColumn(
-            "first",
-            F.row_number().over(
-                Window.partitionBy("user_id", "item_id").orderBy("source", "order")
-            ),
+        .groupBy("user_id", "item_id")
+        .agg(F.min(F.struct("source", "order")).alias("first"))
+        .groupBy("user_id")
+        .agg(
+            F.array_sort(F.collect_list(F.struct("first.source", "first.order", "item_id"))).alias(
+                "own"
+            )
         )
-        .where(F.col("first") == 1)
     )
+    own_items = F.coalesce(F.col("own.item_id"), F.array().cast("array<string>"))
+    merged = F.concat(own_items, F.array_except(F.lit(popular), own_items))
+    # posexplode_outer: the plain one adds a size(...) > 0 filter that computes the array
+    # twice (never empty: the popular items alone are per_user).
     return (
-        merged.withColumn(
-            "candidate_rank",
-            F.row_number().over(by_user.orderBy("source", "order", "item_id")),
+        users.select("user_id")
+        .join(own, "user_id", "left")
+        .select(
+            "user_id",
+            F.coalesce(F.col("own.source"), F.array().cast("array<int>")).alias("sources"),
+            F.posexplode_outer(F.slice(merged, 1, cfg.per_user)).alias("position", "item_id"),
         )
-        .where(F.col("candidate_rank") <= cfg.per_user)
-        .select("user_id", "item_id", "source", "candidate_rank")
+        .select(
+            "user_id",
+            "item_id",
+            F.when(F.col("position") < F.size("sources"), F.col("sources")[F.col("position")])
+            .otherwise(F.lit(POPULAR))
+            .alias("source"),
+            (F.col("position") + 1).alias("candidate_rank"),
+        )
     )

@@ -77,7 +77,7 @@ from feature_engineering.text_embedding import embedding_columns
 from feature_engineering.vocab import apply_vocabulary
 from mtl_model.artifact import ArtifactError, ModelArtifact, artifact_from_bytes
 from mtl_model.scoring import (
-    FrameScorer,
+    BatchScorer,
     feature_columns,
     model_version_of,
     score_columns,
@@ -638,9 +638,9 @@ def scoring_features(
 def model_scores(
     spark: SparkSession, score: ScoringConfig, plan: ScoringPlan, features: DataFrame
 ) -> DataFrame:
-    """(user_id, item_id, price, score_<task>...): the model inside ``mapInPandas``."""
+    """(user_id, item_id, price, score_<task>...): the model inside ``mapInArrow``."""
     columns = feature_columns(plan.spec)
-    scorer = FrameScorer(
+    scorer = BatchScorer(
         version=plan.model_version,
         payload=spark.sparkContext.broadcast(plan.payload),
         columns=columns,
@@ -656,7 +656,7 @@ def model_scores(
         ]
         + [T.StructField(name, T.DoubleType()) for name in score_columns(plan.spec)]
     )
-    return features.select("user_id", "item_id", "price", *columns.names()).mapInPandas(
+    return features.select("user_id", "item_id", "price", *columns.names()).mapInArrow(
         scorer, schema
     )
 

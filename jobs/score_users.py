@@ -12,7 +12,7 @@ For the scoring day D (``--date``, default the day after the last silver/events 
    categories, globally popular), from events before D only;
 3. features as of D (point in time), built per user and per item and joined to the pairs,
    in the slot context of ``score.context`` (``feature_engineering.scoring``);
-4. scores: the model inside ``mapInPandas``; each Spark Python worker loads the broadcast
+4. scores: the model inside ``mapInArrow``; each Spark Python worker loads the broadcast
    artifact once (cached by model version), scores batches of ``score.batch_size`` rows
    with ``score.torch_threads`` torch threads;
 5. ``final_score`` by ``score.final_score`` (default: expected value = p(purchase) x price,

