@@ -580,8 +580,9 @@ def history_events(
     spark: SparkSession, lake: Lake, score: ScoringConfig, gold: GoldConfig, day: str
 ) -> DataFrame:
     """The silver events every step reads (candidates' history window and the features'
-    look-back), only the columns they use: read once, persisted by the caller. Only
-    events ingested before ``day`` are known on it (their event day is before it too)."""
+    look-back), only the columns they use (a lazy Parquet read, not cached: see
+    ``jobs/score_users.py``). Only events ingested before ``day`` are known on it (their
+    event day is before it too)."""
     window = max(score.candidates.history_days, gold.lookback_days)
     return lake.read_table(
         spark, SILVER_EVENTS, filters=[("dt", "in", days_before(day, window))]
