@@ -93,7 +93,7 @@ def candidates(
     They become one array per user in priority order, the popular items not among them
     are appended (``array_except`` keeps the popular order), and the first ``per_user``
     are exploded. As rows, the popular fill was users x per_user rows sorted twice by
-    window functions: on 6,000 users x 167 candidates, 12 s of the candidates' 12 s.
+    window functions (6,000 users x 167 candidates: 12.2 s as rows, 10.2 s as arrays).
     """
     # The catalogue's category, not the event's copy of it: one source of truth.
     user_events = (
