@@ -11,8 +11,8 @@ test day) and, per binary task, prints the mean predicted probability
   own logged context;
 - through the scoring path: the same (user, item) pairs' features built by
   ``feature_engineering.scoring.scoring_features`` as of that day, in the slot context
-  ``score.context`` gives (the configured one; the default draws it from each user's
-  logged impressions);
+  ``score.context`` gives (the configured one; the default is unknown for a model
+  trained with ``model.context_dropout``, else drawn from each user's logged impressions);
 
 against the observed rate. Acceptance (issue 15): the scoring path within 10 % of the
 gold path and within 15 % of the observed rate. Run it after ``make demo`` (or any

@@ -62,6 +62,9 @@ CATEGORICAL_SOURCES: dict[str, str] = {
     "cat_user_top_category_l1": "user_top_category_l1",
     "cat_user_top_brand": "user_top_brand",
 }
+# The slot an impression was shown in: known for every logged row, unknown to batch
+# scoring (the spec marks them unknown_at_scoring; the weekday is the scoring day's).
+SLOT_FEATURES = ("cat_page", "cat_device", "cat_position_bucket", "cat_hour")
 ITEM_CATEGORY_COLUMNS = ["category_l1", "category_l2", "category_l3", "brand"]
 TOP_DIMENSIONS = ("category_l1", "brand")
 ITEM_STATIC_FEATURES = ["item_log_price", "item_age_days"]

@@ -24,15 +24,18 @@ with the gold functions (``feature_engineering.point_in_time``) from the silver 
 the look-back window: gold's feature tables exist only for the days gold wrote (not for
 the default scoring day, the day after the last) and hold no affinity maps.
 
-The slot context (see ``SlotContext``): the weekday is the scoring day's; every field
-left null (the default) comes from one of the user's own logged impressions of the
-history window, drawn by a hash of user, impression and day, the same impression for
-page, position, device and hour so their joint distribution is the logged one. Averaged
-over users, the per-task scores are then what the model predicts for logged traffic; a
-fixed slot (page home, position 1) scores every pair as if shown first, which a model
-that learned the position bias rates above logged traffic. A user
-without logged impressions gets training's most frequent values. Every context value
-must be one training contained: the model never sees an index it never learned.
+The slot context (see ``SlotContext``): the weekday is the scoring day's. Page, position,
+device and hour left null (the default) are sent unknown (index 0) to a model trained
+with ``model.context_dropout``: training hid them together on a share of its rows, so the
+model learned "unknown" as the average over the slots the log showed such a pair in, and
+the per-task scores keep the logged calibration. A model trained without it gets one of
+the user's own logged impressions of the history window instead, drawn by a hash of user,
+impression and day (the same impression for all four fields, so their joint distribution
+is the logged one); a user without logged impressions gets training's most frequent
+values. That draw is independent of the item, while the logging ranker put likely clicks
+high, so its mean p(click) runs under the logged rows' (0.895 of them on the demo). A
+fixed slot (page home, position 1) scores every pair as if shown first. Every context
+value is one training contained: the model never sees an index it never learned.
 """
 
 from __future__ import annotations
@@ -199,6 +202,7 @@ class ScoringPlan:
     model_version: str
     day: str
     scored_at: dt.datetime
+    learned_unknown: frozenset[str]  # slot features whose index 0 the model was trained on
 
     @property
     def context(self) -> ContextValues:
@@ -371,7 +375,17 @@ def plan_scoring(
         model_version=score.model_version or model_version_of(payload),
         day=scoring_date,
         scored_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+        learned_unknown=learned_unknown(artifact),
     )
+
+
+def learned_unknown(artifact: ModelArtifact) -> frozenset[str]:
+    """The slot features the model learned "unknown" for: those its spec marks
+    ``unknown_at_scoring`` when it was trained with ``model.context_dropout`` (an older
+    spec marks none)."""
+    if artifact.model_config.context_dropout <= 0:
+        return frozenset()
+    return frozenset(f.name for f in artifact.spec.categorical if f.unknown_at_scoring)
 
 
 def users_to_score(
@@ -422,16 +436,18 @@ def user_context(
     values: ContextValues,
     day: str,
     position_buckets: list[int],
+    learned_unknown: frozenset[str],
 ) -> DataFrame:
     """(user_id, page, position, device, hour, weekday): the slot each user is scored in,
     every value one training contained (see the module docstring). ``events`` are silver
     events of the history window.
 
-    A configured ``score.context`` value is used as it is; an unset one is taken from one
-    of the user's own logged impressions (``logged_slot``), the same impression for every
-    unset feature so their joint distribution is the logged one; a user without logged
-    impressions, or whose drawn value training never contained, gets training's most
-    frequent value.
+    A configured ``score.context`` value is used as it is; an unset one is unknown (null,
+    index 0) when the model learned unknown for it (``learned_unknown``: trained with
+    ``model.context_dropout``). Otherwise it is taken from one of the user's own logged
+    impressions (``logged_slot``), the same impression for every such feature so their
+    joint distribution is the logged one; a user without logged impressions, or whose
+    drawn value training never contained, gets training's most frequent value.
     """
     weekday = spark_weekday(day)
     if values.values("cat_weekday") and not values.known("cat_weekday", weekday):
@@ -448,8 +464,8 @@ def user_context(
          F.col("hour")),
         ("weekday", "cat_weekday", weekday, F.lit(weekday)),
     ]  # fmt: skip
-    frame = users.select("user_id").join(logged_slot(events, day), "user_id", "left")
     columns = []
+    drawn = False
     for name, feature, setting, label in settings:
         kind = "int" if name == "position" else "string"
         if not values.values(feature):
@@ -458,13 +474,19 @@ def user_context(
             column = F.lit(None)
         elif setting is not None:
             column = F.lit(setting)
+        elif feature in learned_unknown:
+            column = F.lit(None)
         else:
+            drawn = True
             fallback: str | int = values.most_frequent(feature)
             if name == "position":  # the lowest position of the most frequent bucket
                 fallback = int(str(fallback).split("-")[0].rstrip("+"))
             known = label.isin(values.values(feature))
             column = F.when(known, F.col(name)).otherwise(F.lit(fallback))
         columns.append(column.cast(kind).alias(name))
+    frame = users.select("user_id")
+    if drawn:
+        frame = frame.join(logged_slot(events, day), "user_id", "left")
     return frame.select("user_id", *columns)
 
 
@@ -622,7 +644,13 @@ def scoring_features(
     theirs = history.join(users, "user_id", "left_semi")
     recent = theirs.where(F.col("dt").isin(days_before(plan.day, score.candidates.history_days)))
     slots = user_context(
-        users, recent, score.context, plan.context, plan.day, gold.position_buckets
+        users,
+        recent,
+        score.context,
+        plan.context,
+        plan.day,
+        gold.position_buckets,
+        plan.learned_unknown,
     )
     silver_users = lake.read_table(spark, SILVER_USERS)
     return pair_features(

@@ -10,6 +10,7 @@ from fractions import Fraction
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from feature_engineering.examples import SLOT_FEATURES
 from feature_engineering.splits import SplitPlan
 from mtlrec.feature_spec import (
     CategoricalFeature,
@@ -108,7 +109,12 @@ def build_spec(
 ) -> FeatureSpec:
     return FeatureSpec(
         categorical=[
-            CategoricalFeature(name=name, vocab_size=size, embedding_dim=embedding_dim)
+            CategoricalFeature(
+                name=name,
+                vocab_size=size,
+                embedding_dim=embedding_dim,
+                unknown_at_scoring=name in SLOT_FEATURES,
+            )
             for name, size in vocab_sizes.items()
         ],
         dense=[DenseFeature(name=n, mean=m, std=s) for n, (m, s) in dense_stats.items()],

@@ -79,6 +79,7 @@ def _feature_layer(spec: FeatureSpec, cfg: ModelConfig) -> FeatureLayer:
         text_projection_dim=cfg.text_projection_dim,
         cross_layers=cfg.cross.num_layers if cfg.cross.enabled else 0,
         cross_low_rank=cfg.cross.low_rank,
+        context_dropout=cfg.context_dropout,
     )
 
 

@@ -55,6 +55,18 @@ class ModelConfig(StrictModel):
     tower_hidden: list[PositiveInt] = Field(default_factory=lambda: [32])
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    context_dropout: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of training rows whose slot features (the spec's "
+        "unknown_at_scoring: page, position, device, hour) are all set to unknown (index "
+        "0) together. The model then learns p(task | user, item, slot unknown) as the "
+        "logged average over slots, which batch scoring uses: it cannot know where a "
+        "recommendation will be shown. 0: no row is hidden, and scoring draws each user's "
+        "slot from their logged impressions instead (mean p(click) 0.895 of the logged "
+        "rows' on the demo, because the logging ranker put likely clicks high).",
+    )
 
 
 class WeightingConfig(StrictModel):

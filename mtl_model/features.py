@@ -50,7 +50,8 @@ class FeatureLayer(nn.Module):
     ``embedding_dim``: the width of every categorical table (None: each feature's width in
     the spec); ``text_projection_dim``: the width each pretrained embedding group is
     projected to (0: fed as is); ``cross_layers``: DCN-v2 layers on top (0: none), of rank
-    ``cross_low_rank`` (None: full rank).
+    ``cross_low_rank`` (None: full rank); ``context_dropout``: in training, the share of
+    rows whose ``unknown_at_scoring`` features are all set to index 0 together.
     """
 
     dense_mean: Tensor
@@ -64,11 +65,14 @@ class FeatureLayer(nn.Module):
         text_projection_dim: int,
         cross_layers: int = 0,
         cross_low_rank: int | None = None,
+        context_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if not (spec.categorical or spec.dense or spec.embeddings):
             raise ValueError("feature spec lists no feature columns")
         self.categorical_names = [f.name for f in spec.categorical]
+        self.hidden_together = [f.unknown_at_scoring for f in spec.categorical]
+        self.context_dropout = context_dropout
         self.dense_names = [f.name for f in spec.dense]
         self.embedding_groups = [list(e.columns) for e in spec.embeddings]
         # A list, not a dict: feature names may contain characters ModuleDict rejects.
@@ -101,10 +105,19 @@ class FeatureLayer(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         """``{column: [B]}`` -> ``[B, output_dim]``: the parts below, concatenated."""
         parts: list[Tensor] = []
-        for name, table in zip(self.categorical_names, self.tables(), strict=True):
+        hide: Tensor | None = None  # [B] bool: rows whose slot features are hidden
+        if self.training and self.context_dropout > 0 and self.categorical_names:
+            rows = batch[self.categorical_names[0]].shape[0]
+            device = self.dense_mean.device
+            hide = torch.rand(rows, device=device) < self.context_dropout
+        for name, table, hidden in zip(
+            self.categorical_names, self.tables(), self.hidden_together, strict=True
+        ):
             index = batch[name].long()
             # Indices outside the table (a newer vocabulary, corrupt rows) fall to OOV row 0.
             valid = (index >= 0) & (index < table.num_embeddings)
+            if hidden and hide is not None:
+                valid = valid & ~hide
             parts.append(table(torch.where(valid, index, torch.zeros_like(index))))  # [B, E_i]
         if self.dense_names:
             raw = torch.stack([batch[name].float() for name in self.dense_names], dim=-1)  # [B, Dn]

@@ -74,14 +74,14 @@ class SlotContext(StrictModel):
 
     Every value is one training contained (``feature_engineering.scoring``): a configured
     page, device, position or hour that never occurs in the training vocabulary stops the
-    job (exit 2). The weekday is the scoring day's. A null field (the default) is taken
-    from one of the user's own logged impressions of the history window, drawn per user
-    and day by a hash (the same impression for every null field, so their joint
-    distribution is the logged one): the per-task scores then average, over users, to
-    what the model predicts for logged traffic (a fixed slot, page home position 1, is
-    rated as if every pair were shown first). Users without logged impressions get
-    training's most frequent values. Scoring all of a user's candidates in one slot keeps
-    position bias out of the ranking.
+    job (exit 2). The weekday is the scoring day's. A null field (the default) is unknown
+    (index 0), which a model trained with ``model.context_dropout`` learned as the average
+    over the slots the log showed a pair in, so the per-task scores keep the logged
+    calibration. A model trained without it gets, for a null field, one of the user's own
+    logged impressions of the history window, drawn per user and day by a hash (the same
+    impression for every null field); users without logged impressions get training's
+    most frequent values. A fixed slot (page home, position 1) is rated as if every pair
+    were shown first. All of a user's candidates share one slot.
     """
 
     page: str | None = None

@@ -38,6 +38,13 @@ class CategoricalFeature(_Frozen):
     name: str = Field(description="Column in gold/examples holding int64 vocabulary indices.")
     vocab_size: int = Field(gt=0, description="Number of rows including the OOV row 0.")
     embedding_dim: int = Field(16, gt=0, description="Suggested embedding width.")
+    unknown_at_scoring: bool = Field(
+        False,
+        description="A feature of the slot an impression was shown in (page, position, "
+        "device, hour): batch scoring cannot know where and when a recommendation will be "
+        "shown, so it may send index 0. Training hides all of a row's such features "
+        "together (model.context_dropout), so index 0 is a value the model learned.",
+    )
 
 
 class DenseFeature(_Frozen):

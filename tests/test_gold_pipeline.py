@@ -96,6 +96,10 @@ def test_feature_spec_matches_the_examples_table(built: Built) -> None:
     assert spec.task("purchase_value").parent == "purchase"
     assert (spec.train_days, spec.val_days, spec.test_days) == (TRAIN_DAYS, [VAL_DAY], [TEST_DAY])
     assert spec.embeddings[0].columns == [f"text_emb_{i}" for i in range(CFG.text.dim)]
+    # The slot an impression was shown in, which batch scoring cannot know (the weekday
+    # it can: the scoring day's).
+    unknown = {f.name for f in spec.categorical if f.unknown_at_scoring}
+    assert unknown == {"cat_page", "cat_device", "cat_position_bucket", "cat_hour"}
 
     frame = _examples(built)
     assert frame[spec.feature_columns()].notna().all().all()

@@ -16,6 +16,7 @@ from mtl_model.losses import build_weighting, task_losses
 from mtl_model.synthetic import FunnelData, make_funnel_data
 from mtl_model.transfer import freeze_shared
 from mtlrec.config import ConfigError, load_config
+from mtlrec.feature_spec import CategoricalFeature, FeatureSpec, TaskSpec
 
 TINY = ModelConfig(
     embedding_dim=4,
@@ -99,6 +100,32 @@ def test_feature_layer_maps_out_of_range_indices_to_oov_and_normalises(data: Fun
     price = out[:, 8]  # after two 4-wide embeddings
     torch.testing.assert_close(price, torch.tensor([0.0, 1.0, 0.0, -2.0]))
     assert layer.output_dim == out.shape[1] == 4 + 4 + 2 + 4
+
+
+def test_context_dropout_hides_a_rows_slot_features_together_and_only_in_training() -> None:
+    spec = FeatureSpec(
+        categorical=[
+            CategoricalFeature(name="cat_page", vocab_size=3, unknown_at_scoring=True),
+            CategoricalFeature(name="cat_item", vocab_size=3),
+            CategoricalFeature(name="cat_hour", vocab_size=3, unknown_at_scoring=True),
+        ],
+        tasks=[TaskSpec(name="click", type="binary", label_column="click")],
+    )
+    torch.manual_seed(0)
+    layer = FeatureLayer(spec, embedding_dim=2, text_projection_dim=0, context_dropout=0.3)
+    rows = 4000
+    batch = {name: torch.ones(rows, dtype=torch.long) for name in spec.feature_columns()}
+
+    def unknown(out: torch.Tensor, feature: int) -> torch.Tensor:  # [B] bool: row 0 used
+        part = out[:, 2 * feature : 2 * feature + 2]
+        return (part == layer.tables()[feature].weight[0]).all(dim=1)
+
+    out = layer.train()(batch)
+    page, item, hour = (unknown(out, i) for i in range(3))
+    assert torch.equal(page, hour)  # one draw per row for all of its slot features
+    assert not item.any()  # features batch scoring knows are never hidden
+    assert 0.27 < page.float().mean().item() < 0.33  # ~ Binomial(4000, 0.3): sd 0.007
+    assert not unknown(layer.eval()(batch), 0).any()
 
 
 def test_parent_must_be_binary(data: FunnelData) -> None:

@@ -35,6 +35,7 @@ from feature_engineering.scoring import (
     SmallVocabularies,
     check_final_score,
     history_events,
+    learned_unknown,
     plan_scoring,
     scoring_features,
     spark_weekday,
@@ -189,19 +190,23 @@ def test_scoring_features_and_scores_equal_the_training_code_path(
         plan.context,
         plan.day,
         cfg.features.gold.position_buckets,
+        plan.learned_unknown,
     ).toPandas()
     # The same slot as training rows carry it: an event_ts at the chosen hour on a date
     # with the chosen weekday (the day's own unless training never saw it; event_ts feeds
-    # nothing else), and the user's region as the market.
+    # nothing else), and the user's region as the market. An unknown hour with a known
+    # weekday has no timestamp: the reference gets hour 0's and its cat_hour is set to
+    # unknown below.
     regions = _silver(built, "silver/users").set_index("user_id")["region"]
     context = sample.merge(slots, on="user_id")
     shift = (context["weekday"].astype(int) - int(spark_weekday(plan.day))) % 7
     context["event_ts"] = (
         pd.to_datetime(plan.day)
         + pd.to_timedelta(shift, unit="D")
-        + pd.to_timedelta(context["hour"].astype(int), unit="h")
+        + pd.to_timedelta(context["hour"].fillna("0").astype(int), unit="h")
     )
     context["market"] = context["user_id"].map(regions)
+    context["position"] = [None if pd.isna(v) else int(v) for v in context["position"]]
     reference = build_examples_for(
         spark,
         built.lake,
@@ -217,15 +222,19 @@ def test_scoring_features_and_scores_equal_the_training_code_path(
     key = ["user_id", "item_id"]
     got = mine.toPandas().sort_values(key).reset_index(drop=True)
     want = reference.toPandas().sort_values(key).reset_index(drop=True)
+    want.loc[want["user_id"].isin(set(slots.loc[slots["hour"].isna(), "user_id"])), "cat_hour"] = 0
     assert len(got) == len(want) == len(sample)
     for name in names:
         np.testing.assert_allclose(
             got[name].to_numpy(np.float64), want[name].to_numpy(np.float64),
             rtol=1e-6, atol=1e-6, err_msg=name,
         )  # fmt: skip
-    # Every context index is one training learned (0 is the out-of-vocabulary row).
+    # Every context index is one training learned: index 0 (unknown) only where training
+    # hid the feature (model.context_dropout), which the default model was.
+    assert plan.learned_unknown == {"cat_page", "cat_device", "cat_position_bucket", "cat_hour"}
     for feature in CONTEXT_FEATURES:
-        assert (got[feature] > 0).all(), feature
+        learned = 0 if feature in plan.learned_unknown else 1
+        assert (got[feature] >= learned).all(), feature
     direct = _forward(built, want).set_axis(want.index)
     written = got[key].merge(recs, on=key)
     for task in built.spec.tasks:
@@ -234,6 +243,40 @@ def test_scoring_features_and_scores_equal_the_training_code_path(
             direct[f"score_{task.name}"].to_numpy(),
             rtol=1e-5, atol=1e-7, err_msg=task.name,
         )  # fmt: skip
+
+
+def test_a_model_without_context_dropout_is_scored_in_a_slot_drawn_from_the_log(
+    built: Pipeline, plan: ScoringPlan, history: DataFrame
+) -> None:
+    """Index 0 of a slot feature is sent only to a model that learned it; a model trained
+    with model.context_dropout 0 gets one of the user's logged slots instead."""
+    artifact = load_artifact(built.model())
+    assert learned_unknown(artifact) == plan.learned_unknown != frozenset()
+    without = artifact.model_config.model_copy(update={"context_dropout": 0.0})
+    assert learned_unknown(dataclasses.replace(artifact, model_config=without)) == frozenset()
+    cfg = built.cfg
+    recent = history.where(
+        F.col("dt").isin(days_before(plan.day, cfg.score.candidates.history_days))
+    )
+    users = recent.where(F.col("event_type") == "impression").select("user_id").distinct()
+    slot = ["page", "position", "device", "hour"]
+
+    def slots(learned: frozenset[str]) -> pd.DataFrame:
+        return user_context(
+            users, recent, cfg.score.context, plan.context, plan.day,
+            cfg.features.gold.position_buckets, learned,
+        ).toPandas()  # fmt: skip
+
+    drawn, unknown = slots(frozenset()), slots(plan.learned_unknown)
+    assert len(drawn) == len(unknown) > 0
+    assert drawn[slot].notna().all().all()
+    assert drawn["page"].nunique() > 1  # drawn per user, not one fixed value
+    assert unknown[slot].isna().all().all()
+    # The weekday is never unknown: the scoring day's (or, for a weekday this 5-day log
+    # never trained on, training's most frequent), the same for everyone either way.
+    assert unknown["weekday"].nunique() == 1
+    assert plan.context.known("cat_weekday", unknown["weekday"].iloc[0])
+    assert unknown["weekday"].equals(drawn["weekday"])
 
 
 def test_logged_impressions_scored_in_the_default_context_keep_their_calibration(
