@@ -64,8 +64,9 @@ class ModelConfig(StrictModel):
         "0) together. The model then learns p(task | user, item, slot unknown) as the "
         "logged average over slots, which batch scoring uses: it cannot know where a "
         "recommendation will be shown. 0: no row is hidden, and scoring draws each user's "
-        "slot from their logged impressions instead (mean p(click) 0.895 of the logged "
-        "rows' on the demo, because the logging ranker put likely clicks high).",
+        "slot from their logged impressions instead. Demo test day, one seed, context "
+        "dropout 0 / 0.1 / 0.2: scoring path's mean p(click) 0.913 / 0.944 / 0.963 of the "
+        "logged rows'; test click AUC .8083 / .8086 / .8069 (95% CI about +-0.013).",
     )
 
 
