@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -97,6 +98,17 @@ def split_file_urls(
 ) -> list[str]:
     """The snapshot's files of one split; resolve once and hand the same list to every rank."""
     return lake.snapshot_files(table, version=version, filters=[("split", "=", split)])
+
+
+# Batches are only read, never written. Scoring's columns come zero-copy from Arrow memory,
+# which numpy marks read-only, and torch warns about wrapping such an array: a line in every
+# scoring job's output about a write that never happens.
+warnings.filterwarnings(
+    "ignore",
+    message="The given NumPy array is not writable",
+    category=UserWarning,
+    module=r"mtl_model\.streaming",
+)
 
 
 def to_tensors(chunk: Mapping[str, np.ndarray], columns: BatchColumns) -> StreamBatch:

@@ -6,6 +6,9 @@ with ``Lake.write_arrow``; the expectations come from the files' footers.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Generator, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -335,3 +338,27 @@ def test_invalid_arguments_are_named() -> None:
         StreamSettings(batch_size=8, reader_pool="process")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="shuffle_buffer_rows must be >= 0"):
         StreamSettings(batch_size=8, shuffle_buffer_rows=-1)
+
+
+def test_read_only_arrow_columns_become_tensors_without_a_warning() -> None:
+    """Scoring hands to_tensors zero-copy (read-only) Arrow columns; torch's warning about
+    wrapping them must not reach the job's output. A fresh process: torch warns once per
+    process, so an earlier test's batch would hide it."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from mtl_model.streaming import BatchColumns, to_tensors
+        ids = np.arange(4, dtype=np.int64)
+        ids.setflags(write=False)
+        batch = to_tensors({"c": ids}, BatchColumns(int64=("c",), float32=()))
+        print(batch["c"].tolist())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[0, 1, 2, 3]"
